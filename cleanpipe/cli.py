@@ -1,0 +1,261 @@
+"""The ``cleanpipe`` command line: parses options, calls a stage, prints a summary.
+
+No algorithm lives here. Every command turns a :class:`CleanpipeError` into one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cleanpipe import __version__
+from cleanpipe.errors import CleanpipeError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="cleanpipe",
+    help=(
+        "Find label errors in classification datasets and train models that stay accurate despite them.\n\n"
+        "Stages read and write a run directory: noise -> crossval -> prune -> train.\n\n"
+        "Example: [bold]cleanpipe run runs/demo[/] (the whole pipeline on the embedded digits data)."
+    ),
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn user-caused errors into one clear line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CleanpipeError as e:
+            err_console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished work is kept; re-run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cleanpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Find label errors in classification datasets and train models that survive them."""
+
+
+# ---- shared options ----------------------------------------------------------------------
+
+RunArg = typer.Argument(..., metavar="RUN", help="Run directory (created if missing).", show_default=False)
+DatasetOpt = typer.Option(None, "--dataset", "-d", help="Data source: digits, mnist, cifar10, cifar100, folder, table, npz (see `cleanpipe datasets`).", rich_help_panel="Data")
+DataOpt = typer.Option(None, "--data", help="File or directory the source reads.", rich_help_panel="Data")
+TestFractionOpt = typer.Option(0.2, "--test-fraction", help="Held-out test share when the source has no test files.", rich_help_panel="Data")
+SplitSeedOpt = typer.Option(0, "--split-seed", help="Seed of the train/test hold-out split.", rich_help_panel="Data")
+ImageSizeOpt = typer.Option(32, "--image-size", help="folder: resize images to this side length.", rich_help_panel="Data")
+LabelColumnOpt = typer.Option("label", "--label-column", help="table: the column holding labels.", rich_help_panel="Data")
+
+
+def data_spec(
+    dataset: Optional[str],
+    data: Optional[Path],
+    labels: Optional[Path],
+    test_fraction: float,
+    split_seed: int,
+    image_size: int,
+    label_column: str,
+):
+    """A DataSpec from the CLI's data options, or None when no --dataset was given."""
+    from cleanpipe.data import SOURCES, DataSpec
+
+    if dataset is None:
+        if data is not None:
+            raise CleanpipeError("--data needs --dataset NAME to say what kind of data it is")
+        return None
+    if dataset not in SOURCES:
+        raise CleanpipeError(f"unknown dataset {dataset!r}; choose one of {', '.join(SOURCES)} (see `cleanpipe datasets`)")
+    if image_size < 4:
+        raise CleanpipeError(f"--image-size must be at least 4, got {image_size}")
+    return DataSpec(
+        source=dataset,
+        path=str(data.resolve()) if data is not None else None,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        image_size=image_size,
+        label_column=label_column,
+        labels=str(labels.resolve()) if labels is not None else None,
+    )
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def datasets() -> None:
+    """List the data sources and how to point each at data.
+
+    Example: [bold]cleanpipe datasets[/]
+    """
+    from cleanpipe.data import SOURCES
+
+    table = Table(title="Data sources", show_lines=True)
+    table.add_column("--dataset", style="bold cyan", no_wrap=True)
+    table.add_column("what")
+    table.add_column("--data and options")
+    for name, src in SOURCES.items():
+        opts = f"\n[dim]options: {', '.join(src.options)}[/]" if src.options else ""
+        table.add_row(name, src.summary, src.layout + opts)
+    console.print(table)
+    console.print(
+        "Any source takes [bold]--labels FILE[/] (.npy, .csv, or .json: a list or a {path: label} mapping "
+        "matched by example ID) to replace the training labels with your own."
+    )
+
+
+@app.command()
+@user_errors
+def noise(
+    run_dir: Path = RunArg,
+    kind: str = typer.Option(..., "--kind", "-k", help="symmetric | uniform | asymmetric | pairflip | random", show_default=False),
+    rate: float = typer.Option(..., "--rate", "-r", help="Noise rate in [0, 1].", show_default=False),
+    sparsity: float = typer.Option(0.0, "--sparsity", help="random: share of zero off-diagonal noise rates."),
+    class_map: Optional[str] = typer.Option(None, "--map", help="asymmetric: SRC:DST pairs, e.g. 3:8,5:6 (default: the dataset's standard map)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
+    n_classes: Optional[int] = typer.Option(None, "--n-classes", help="Standalone --labels form: number of classes (default max label + 1)."),
+    dataset: Optional[str] = DatasetOpt,
+    data: Optional[Path] = DataOpt,
+    labels: Optional[Path] = typer.Option(None, "--labels", help="With --dataset: your own training labels. Alone: noise this bare label file.", rich_help_panel="Data"),
+    test_fraction: float = TestFractionOpt,
+    split_seed: int = SplitSeedOpt,
+    image_size: int = ImageSizeOpt,
+    label_column: str = LabelColumnOpt,
+) -> None:
+    """Inject synthetic label noise into the training labels (for benchmarks).
+
+    Writes RUN/noise/noisy_labels.npy, noise_matrix.npy (P(noisy=i | true=j)) and manifest.json.
+
+    Examples:
+
+      [bold]cleanpipe noise runs/demo --dataset digits --kind symmetric --rate 0.4[/]
+
+      [bold]cleanpipe noise runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
+
+      [bold]cleanpipe noise runs/cl --labels true_labels.npy --kind random --rate 0.4 --sparsity 0.2[/]
+    """
+    from cleanpipe.noise import run_noise_stage
+    from cleanpipe.run import Run
+
+    spec = data_spec(dataset, data, labels if dataset else None, test_fraction, split_seed, image_size, label_column)
+    stage = run_noise_stage(
+        Run(run_dir), spec=spec, labels_file=labels if spec is None else None, kind=kind, rate=rate,
+        sparsity=sparsity, class_map=class_map, n_classes=n_classes, seed=seed,
+    )
+    print_noise_summary(run_dir, stage)
+
+
+def print_noise_summary(run_dir: Path, stage) -> None:
+    r, m = stage.result, stage.manifest
+    console.print(
+        f"[bold green]noise[/] {m['parameters']['kind']} rate {m['parameters']['rate']:g} on {stage.source}: "
+        f"{m['metrics']['n_changed']:,} of {m['metrics']['n']:,} training labels changed "
+        f"(actual {r.actual_noise_rate:.2%}, expected {r.expected_noise_rate:.2%})"
+    )
+    K = r.noise_matrix.shape[0]
+    if K <= 12:
+        t = Table(title="noise matrix P(noisy = row | true = column)", title_justify="left", box=None, pad_edge=False)
+        t.add_column("", style="dim")
+        for j in range(K):
+            t.add_column(stage.class_names[j][:8], justify="right")
+        for i in range(K):
+            cells = [
+                f"[bold]{v:.2f}[/]" if i == j else (f"{v:.2f}" if v > 0 else "[dim]·[/]")
+                for j, v in enumerate(r.noise_matrix[i])
+            ]
+            t.add_row(stage.class_names[i][:8], *cells)
+        console.print(t)
+    console.print(f"[dim]wrote {run_dir / 'noise'}/ noisy_labels.npy noise_matrix.npy manifest.json[/]")
+
+
+@app.command("run")
+@user_errors
+def run_all(
+    run_dir: Path = RunArg,
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Data source (see `cleanpipe datasets`).", rich_help_panel="Data"),
+    data: Optional[Path] = DataOpt,
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json).", rich_help_panel="Data"),
+    kind: str = typer.Option("symmetric", "--kind", "-k", help="Synthetic noise kind, or 'none' for data whose labels are already noisy."),
+    rate: float = typer.Option(0.4, "--rate", "-r", help="Synthetic noise rate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
+    test_fraction: float = TestFractionOpt,
+    split_seed: int = SplitSeedOpt,
+    image_size: int = ImageSizeOpt,
+    label_column: str = LabelColumnOpt,
+) -> None:
+    """Run every stage with good defaults, skipping stages that are already up to date.
+
+    Example: [bold]cleanpipe run runs/demo[/] (digits, 40% symmetric noise)
+    """
+    from cleanpipe.noise import run_noise_stage
+    from cleanpipe.run import Run
+
+    spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
+    run = Run(run_dir)
+    with run.transaction():
+        if kind != "none":
+            params = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
+            man = run.manifest("noise")
+            if (
+                man is not None
+                and {k: man["parameters"].get(k) for k in params} == params
+                and run.dataset_json() is not None
+                and run.is_current("noise", man["parameters"])
+                and _same_spec(run, spec)
+            ):
+                console.print("[dim]noise: up to date, skipped[/]")
+            else:
+                stage = run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed)
+                print_noise_summary(run_dir, stage)
+        else:
+            _, ds, is_new = run.bind_dataset(spec)
+            if is_new:
+                run.write_dataset(spec, ds)
+    console.print(
+        "[bold]done[/]: the stages built so far ran. Next stages (crossval, prune, train) are on their way."
+    )
+
+
+def _same_spec(run, spec) -> bool:
+    from cleanpipe.data import DataSpec
+
+    recorded = run.dataset_json()
+    return recorded is not None and DataSpec.from_json(recorded["spec"]) == spec
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -1,0 +1,157 @@
+"""Data sources: each turns something on disk (or embedded) into one :class:`Dataset`.
+
+One module per source kind. :func:`load_dataset` is the single entry point; a
+:class:`DataSpec` says which source, where, and how to split, and is what
+``RUN/dataset.json`` records so that later stages reload the very same data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cleanpipe.data.base import Dataset, index_ids, stratified_split
+from cleanpipe.errors import CleanpipeError
+
+__all__ = ["Dataset", "DataSpec", "SOURCES", "Source", "load_dataset", "index_ids", "stratified_split"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything needed to rebuild a run's dataset.
+
+    Parameters
+    ----------
+    source : str
+        A key of :data:`SOURCES`.
+    path : str or None
+        File or directory for sources that read from disk (absolute once resolved).
+    test_fraction : float
+        Share held out as the test split when the source has no test files of its own.
+    split_seed : int
+        Seed of that hold-out split.
+    image_size : int
+        Side length that ``folder`` images are resized to.
+    label_column : str
+        Column holding the label in ``table`` files.
+    labels : str or None
+        A user's own training labels (.npy/.csv/.json) replacing the source's.
+    """
+
+    source: str
+    path: str | None = None
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    image_size: int = 32
+    label_column: str = "label"
+    labels: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DataSpec":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source kind: its loader, whether it needs ``--data``, and how to point it at data."""
+
+    load: Callable[[DataSpec], Dataset]
+    needs_path: bool
+    summary: str
+    layout: str
+    options: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _lazy(module: str) -> Callable[[DataSpec], Dataset]:
+    # Import a source's module only when it is used (PIL, pyarrow, sklearn's loaders).
+    def load(spec: DataSpec) -> Dataset:
+        from importlib import import_module
+
+        return import_module(f"cleanpipe.data.{module}").load(spec)
+
+    return load
+
+
+SOURCES: dict[str, Source] = {
+    "digits": Source(
+        _lazy("digits"), False,
+        "scikit-learn's 8x8 handwritten digits (1,797 images), embedded: the default",
+        "no --data needed",
+        ("--test-fraction", "--split-seed"),
+    ),
+    "mnist": Source(
+        _lazy("mnist"), True,
+        "MNIST / Fashion-MNIST IDX files (gzipped or not)",
+        "--data DIR holding t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] and/or the train-* pair; "
+        "with both pairs the official split is used, otherwise a stratified hold-out",
+        ("--test-fraction", "--split-seed"),
+    ),
+    "cifar10": Source(
+        _lazy("cifar"), True,
+        "CIFAR-10, python pickle batches",
+        "--data DIR = cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta)",
+    ),
+    "cifar100": Source(
+        _lazy("cifar"), True,
+        "CIFAR-100 (fine labels), python pickle batches",
+        "--data DIR = cifar-100-python (train, test, meta)",
+    ),
+    "folder": Source(
+        _lazy("folder"), True,
+        "an image folder with one sub-folder per class; IDs are relative paths",
+        "--data DIR with DIR/<class>/<image> (or DIR/train/<class>/... and DIR/test/<class>/...); "
+        "images are resized to --image-size",
+        ("--image-size", "--test-fraction", "--split-seed"),
+    ),
+    "table": Source(
+        _lazy("table"), True,
+        "a CSV or Parquet table with numeric feature columns",
+        "--data FILE.csv|FILE.parquet with --label-column NAME (default 'label'); string labels keep their names",
+        ("--label-column", "--test-fraction", "--split-seed"),
+    ),
+    "npz": Source(
+        _lazy("npz"), True,
+        "a NumPy .npz archive of arrays X and y (optionally X_test, y_test, class_names)",
+        "--data FILE.npz; X as uint8 N x C x H x W (or N x H x W) images or N x D features",
+        ("--test-fraction", "--split-seed"),
+    ),
+}
+
+
+def load_dataset(spec: DataSpec) -> Dataset:
+    """Load the dataset a :class:`DataSpec` describes, with ``spec.labels`` applied.
+
+    Raises
+    ------
+    CleanpipeError
+        Unknown source, missing or unreadable data, or a labels file that does not fit.
+    """
+    if spec.source not in SOURCES:
+        raise CleanpipeError(
+            f"unknown dataset {spec.source!r}; choose one of {', '.join(SOURCES)} (see `cleanpipe datasets`)"
+        )
+    src = SOURCES[spec.source]
+    if src.needs_path:
+        if not spec.path:
+            raise CleanpipeError(f"dataset {spec.source!r} needs --data: {src.layout}")
+        if not os.path.exists(spec.path):
+            raise CleanpipeError(f"--data {spec.path}: no such file or directory")
+    try:
+        ds = src.load(spec)
+    except CleanpipeError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, IndexError) as e:
+        raise CleanpipeError(f"could not read {spec.source} data at {spec.path}: {e}") from None
+    if spec.labels:
+        from cleanpipe.labels import read_labels
+
+        ds.y_train = read_labels(
+            Path(spec.labels), n=len(ds.y_train), ids=ds.ids_train, class_names=ds.class_names
+        )
+        ds.meta["labels_file"] = str(spec.labels)
+    return ds

@@ -1,0 +1,126 @@
+"""The one in-memory dataset type every source returns."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from cleanpipe.errors import CleanpipeError
+
+
+@dataclass
+class Dataset:
+    """Features, integer labels, class names and a fixed train/test split.
+
+    Attributes
+    ----------
+    X_train, X_test : np.ndarray
+        Images as uint8 of shape (N, C, H, W); tables as float32 of shape (N, D).
+    y_train, y_test : np.ndarray
+        int64 of shape (N,), values in ``0 .. n_classes - 1``.
+    ids_train, ids_test : np.ndarray
+        str of shape (N,): a stable ID per example (its index in the source, or its
+        relative path for image folders), carried into every report.
+    class_names : list[str]
+        ``class_names[k]`` names class ``k``.
+    source : str
+        The source kind that produced it (``digits``, ``mnist``, ...).
+    meta : dict
+        Source-specific extras (e.g. CIFAR-100's ``coarse_of_fine``), JSON-serialisable.
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    ids_train: np.ndarray
+    ids_test: np.ndarray
+    class_names: list[str]
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in ("train", "test"):
+            X, y, ids = (getattr(self, f"{a}_{part}") for a in ("X", "y", "ids"))
+            if not (len(X) == len(y) == len(ids)):
+                raise CleanpipeError(
+                    f"{self.source}: {part} features, labels and IDs have different lengths "
+                    f"({len(X)}, {len(y)}, {len(ids)})"
+                )
+        if self.X_train.dtype == np.uint8 and self.X_train.ndim != 4:
+            raise CleanpipeError(f"{self.source}: uint8 images must be N x C x H x W, got {self.X_train.shape}")
+        k = len(self.class_names)
+        for y in (self.y_train, self.y_test):
+            if len(y) and (y.min() < 0 or y.max() >= k):
+                raise CleanpipeError(f"{self.source}: labels must lie in 0..{k - 1}")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_image(self) -> bool:
+        return self.X_train.ndim == 4
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.X_train.shape[1:])
+
+    def fingerprint(self) -> str:
+        """sha256 over every array, so a run notices when its data changed on disk."""
+        h = hashlib.sha256()
+        for a in (self.X_train, self.y_train, self.X_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        for ids in (self.ids_train, self.ids_test):
+            h.update("\n".join(map(str, ids)).encode())
+        h.update("\n".join(self.class_names).encode())
+        return h.hexdigest()
+
+    def summary(self) -> dict:
+        """What ``dataset.json`` records about the arrays (not the arrays themselves)."""
+        return {
+            "n_train": int(len(self.y_train)),
+            "n_test": int(len(self.y_test)),
+            "n_classes": self.n_classes,
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "dtype": str(self.X_train.dtype),
+            "train_class_counts": np.bincount(self.y_train, minlength=self.n_classes).tolist(),
+            "fingerprint": self.fingerprint(),
+        }
+
+
+def stratified_split(
+    X: np.ndarray,
+    y: np.ndarray,
+    ids: np.ndarray,
+    *,
+    test_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded stratified hold-out: returns X_train, y_train, ids_train, X_test, y_test, ids_test.
+
+    Both parts keep the source order, so IDs stay easy to read.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise CleanpipeError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < 2:
+        raise CleanpipeError("every class needs at least 2 examples for a stratified train/test split")
+    idx = np.arange(len(y))
+    try:
+        tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+    except ValueError as e:  # e.g. test part smaller than the number of classes
+        raise CleanpipeError(f"cannot split {len(y)} examples with --test-fraction {test_fraction}: {e}") from None
+    tr, te = np.sort(tr), np.sort(te)
+    return X[tr], y[tr], ids[tr], X[te], y[te], ids[te]
+
+
+def index_ids(n: int, offset: int = 0) -> np.ndarray:
+    """IDs for sources without names: the example's index in the source, as a string."""
+    return np.arange(offset, offset + n).astype(str)

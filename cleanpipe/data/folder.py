@@ -1,0 +1,139 @@
+"""An image folder with one sub-folder per class; each example's ID is its relative path.
+
+Layouts
+-------
+``DIR/<class>/<image>`` is split by a seeded stratified hold-out; ``DIR/train/<class>/...``
+plus ``DIR/test/<class>/...`` (and nothing else in DIR) keeps that split. IDs are paths
+relative to DIR with ``/`` separators (``cat/001.png`` or ``train/cat/001.png``), which is
+what a Confident-Learning-style ``{path: label}`` JSON is matched against. Class names are
+the sorted class sub-folder names; images may sit in nested folders below a class folder.
+Hidden files and folders are skipped, and so are files whose extension is not an image
+format Pillow knows (their count goes to ``meta["skipped_files"]``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cleanpipe.data.base import Dataset, stratified_split
+from cleanpipe.errors import CleanpipeError
+
+# Pillow modes that hold one grey channel; anything else is read as RGB.
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+JUNK = {"thumbs.db", "desktop.ini"}
+
+
+def load(spec) -> Dataset:
+    """Read every image, resized to ``spec.image_size`` square (bilinear).
+
+    Parameters
+    ----------
+    spec : DataSpec
+        ``spec.path`` is the folder; ``spec.image_size``, ``spec.test_fraction`` and
+        ``spec.split_seed`` apply.
+
+    Returns
+    -------
+    Dataset
+        uint8 (N, C, S, S) with S = ``spec.image_size``; C = 1 when every image is greyscale,
+        else 3. Labels int64 (N,), IDs str (N,) as described in the module docstring.
+    """
+    root = Path(spec.path)
+    if not root.is_dir():
+        raise CleanpipeError(f"--data {root}: folder expects a directory with one sub-folder per class")
+    top = _subdirs(root)
+    if [d.name for d in top] == ["test", "train"] and all(_subdirs(d) for d in top):
+        return _load_split(root, spec.image_size)
+    if not top:
+        raise CleanpipeError(f"--data {root}: no class sub-folders; expected {root}/<class name>/<image>")
+    classes = [d.name for d in top]
+    files, y, skipped = _scan(root, root, classes)
+    X = _read_images(files, spec.image_size)
+    ids = _rel(files, root)
+    Xtr, ytr, idtr, Xte, yte, idte = stratified_split(X, y, ids, test_fraction=spec.test_fraction, seed=spec.split_seed)
+    return Dataset(Xtr, ytr, Xte, yte, idtr, idte, classes, "folder", {"split": "holdout", "skipped_files": skipped})
+
+
+def _load_split(root: Path, size: int) -> Dataset:
+    classes = [d.name for d in _subdirs(root / "train")]
+    unknown = sorted({d.name for d in _subdirs(root / "test")} - set(classes))
+    if unknown:
+        raise CleanpipeError(f"--data {root}: test/ has class folders missing from train/: {', '.join(unknown)}")
+    ftr, ytr, s1 = _scan(root / "train", root, classes)
+    fte, yte, s2 = _scan(root / "test", root, classes, allow_empty=True)
+    if not fte:
+        raise CleanpipeError(f"--data {root}: test/ holds no images")
+    X = _read_images(ftr + fte, size)  # one pass, so train and test share the channel count
+    return Dataset(
+        X[: len(ftr)], ytr, X[len(ftr):], yte, _rel(ftr, root), _rel(fte, root),
+        classes, "folder", {"split": "official", "skipped_files": s1 + s2},
+    )
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(base: Path, root: Path, classes: list[str], allow_empty: bool = False) -> tuple[list[Path], np.ndarray, int]:
+    """Image files under ``base/<class>/`` in sorted order, their labels int64 (N,), and the skip count."""
+    extensions = _image_extensions()
+    files: list[Path] = []
+    labels: list[int] = []
+    skipped = 0
+    for k, name in enumerate(classes):
+        found = []
+        for f in _walk(base / name):
+            if f.suffix.lower() in extensions:
+                found.append(f)
+            else:
+                skipped += 1
+        if not found and not allow_empty:
+            raise CleanpipeError(f"class folder {(base / name).relative_to(root).as_posix()}/ holds no images; add some or remove it")
+        files += found
+        labels += [k] * len(found)
+    return files, np.asarray(labels, dtype=np.int64), skipped
+
+
+def _walk(folder: Path) -> list[Path]:
+    # os.walk with sorted, non-hidden entries: the order (and so the IDs' order) is deterministic.
+    if not folder.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and f.lower() not in JUNK]
+    return sorted(out)
+
+
+def _image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _read_images(files: list[Path], size: int) -> np.ndarray:
+    """uint8 (N, C, size, size): C = 1 if every image is greyscale, else 3 (grey ones replicated)."""
+    from PIL import Image
+
+    resample = getattr(Image, "Resampling", Image).BILINEAR
+    grey = np.zeros(len(files), dtype=bool)
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                grey[i] = im.mode in GREY_MODES
+                im = im.convert("L" if grey[i] else "RGB").resize((size, size), resample)
+                a = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise CleanpipeError(f"{f}: not a readable image ({e}); fix or remove it") from None
+        out[i] = a[:, :, None] if grey[i] else a  # a grey image fills all three channels
+    if len(files) and grey.all():
+        return np.ascontiguousarray(out[:, None, :, :, 0])
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _rel(files: list[Path], root: Path) -> np.ndarray:
+    return np.array([f.relative_to(root).as_posix() for f in files], dtype=str)

@@ -1,0 +1,267 @@
+"""Reading label files: .npy, .csv and .json (a list, or the CL paper's ``{path: label}`` mapping)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cleanpipe.errors import CleanpipeError
+
+# Column names taken as the label column of a multi-column CSV (case-insensitive), in order.
+LABEL_COLUMNS = ("label", "labels", "given_label", "noisy_label", "y")
+ID_COLUMN = "id"
+
+
+def read_labels(
+    path: Path,
+    *,
+    n: int | None = None,
+    ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Read a label vector.
+
+    Parameters
+    ----------
+    path : Path
+        ``.npy``: a 1-D integer (or class-name string) array; 2-D one-hot or probability
+        arrays are refused. ``.csv``: one column (header optional), or a column named
+        ``label``/``labels``/``given_label``/``noisy_label``/``y``; with an ``id`` column and
+        ``ids`` given, rows are matched to ``ids`` instead of taken in order. ``.json``: a
+        list, or a mapping ``{key: label}`` whose keys are the IDs themselves or paths ending
+        in ``/<ID>`` (the Confident Learning paper's files key absolute image paths such as
+        ``/datasets/cifar10/train/airplane/10008_airplane.png``, which match the ``folder``
+        source's ID ``train/airplane/10008_airplane.png``).
+    n : int, optional
+        Required number of labels (the training split's size).
+    ids : sequence of str, optional
+        The examples' IDs, in order, for files that name their examples. Each must be
+        matched by exactly one entry; entries matching no ID are ignored.
+    class_names : sequence of str, optional
+        Lets labels be given by class name, and bounds them to ``0..len(class_names)-1``.
+
+    Returns
+    -------
+    np.ndarray
+        int64 of shape (N,), each value >= 0 (and < ``len(class_names)`` when given).
+
+    Raises
+    ------
+    CleanpipeError
+        Missing, unreadable or malformed file; wrong length; unmatched IDs; unknown or
+        out-of-range labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CleanpipeError(f"labels file {path}: no such file")
+    suffix = path.suffix.lower()
+    readers = {".npy": _read_npy, ".csv": _read_csv, ".json": _read_json}
+    if suffix not in readers:
+        raise CleanpipeError(f"labels file {path}: unknown format {suffix or '(none)'}; use .npy, .csv or .json")
+    try:
+        raw = readers[suffix](path, ids, class_names)
+    except (OSError, UnicodeDecodeError) as e:
+        raise CleanpipeError(f"labels file {path}: cannot read it ({e})") from None
+    if n is not None and len(raw) != n:
+        raise CleanpipeError(
+            f"labels file {path} has {len(raw):,} entries but the dataset's training split has {n:,} examples; "
+            "give one label per training example, in its order (or keyed by example ID)"
+        )
+    return _to_ids(raw, path, class_names)
+
+
+def _read_npy(path: Path, ids, class_names) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise CleanpipeError(f"labels file {path}: not a plain .npy array of labels ({e})") from None
+    except (OSError, EOFError) as e:
+        raise CleanpipeError(f"labels file {path}: unreadable or corrupt .npy file ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1:
+        shape = getattr(arr, "shape", None)
+        hint = "; for one-hot or probability rows save labels = probs.argmax(axis=1)" if shape and len(shape) == 2 else ""
+        raise CleanpipeError(f"labels file {path}: expected a 1-D vector of class ids, got shape {shape}{hint}")
+    return arr
+
+
+def _read_csv(path: Path, ids, class_names) -> np.ndarray:
+    import pandas as pd
+
+    try:
+        head = pd.read_csv(path, nrows=0)
+        cols = {str(c).lower(): c for c in head.columns}
+        # IDs stay text: "0007" and "7" are different IDs.
+        dtype = {cols[ID_COLUMN]: str} if ID_COLUMN in cols else None
+        df = pd.read_csv(path, dtype=dtype)
+        if len(df.columns) == 1 and _is_headerless(str(df.columns[0]), class_names):
+            df = pd.read_csv(path, header=None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise CleanpipeError(f"labels file {path}: not a readable CSV ({e})") from None
+    col = _label_column(df, path)
+    missing = df[col].isna().to_numpy()
+    if missing.any():
+        raise CleanpipeError(f"labels file {path}: {int(missing.sum())} rows have no label (first: data row {int(np.argmax(missing))})")
+    values = df[col].to_numpy()
+    if ID_COLUMN in cols and ids is not None:
+        keys = df[cols[ID_COLUMN]].astype(str).tolist()
+        dup = pd.Index(keys).duplicated()
+        if dup.any():
+            raise CleanpipeError(f"labels file {path}: ID {keys[int(np.argmax(dup))]!r} appears twice; give each example once")
+        return _match_by_id(dict(zip(keys, values)), ids, path)
+    return values
+
+
+def _is_headerless(first: str, class_names) -> bool:
+    """Whether a one-column CSV's first line is already a label (pandas took it for a header)."""
+    if first.lower() in LABEL_COLUMNS + ("class", "target"):
+        return False
+    try:
+        float(first)
+        return True
+    except ValueError:
+        return class_names is not None and first in {str(c) for c in class_names}
+
+
+def _label_column(df, path: Path):
+    if len(df.columns) == 1:
+        return df.columns[0]
+    cols = {str(c).lower(): c for c in df.columns}
+    col = next((cols[c] for c in LABEL_COLUMNS if c in cols), None)
+    if col is None and len(df.columns) == 2 and ID_COLUMN in cols:
+        col = next(c for c in df.columns if c != cols[ID_COLUMN])  # "id,<anything>": the other one
+    if col is None:
+        raise CleanpipeError(
+            f"labels file {path}: no label column; name one of {', '.join(LABEL_COLUMNS)} "
+            f"(found {', '.join(map(str, df.columns))})"
+        )
+    return col
+
+
+def _read_json(path: Path, ids, class_names) -> np.ndarray:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise CleanpipeError(f"labels file {path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise CleanpipeError(f"labels file {path}: cannot read it as UTF-8 JSON ({e})") from None
+    except ValueError as e:  # a duplicate key
+        raise CleanpipeError(f"labels file {path}: {e}") from None
+    if isinstance(obj, list):
+        return _object_array(obj)
+    if isinstance(obj, dict):
+        if ids is None:
+            raise CleanpipeError(
+                f"labels file {path} maps IDs to labels, which needs a dataset to match against; use it with --dataset"
+            )
+        return _match_by_id(obj, ids, path)
+    raise CleanpipeError(f"labels file {path}: expected a JSON list or an {{id: label}} object")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice; give each example once")
+        out[k] = v
+    return out
+
+
+def _object_array(values: Sequence[Any]) -> np.ndarray:
+    # np.asarray would turn a list of lists into a 2-D array; keep one entry per example.
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _match_by_id(mapping: dict, ids: Sequence[str], path: Path) -> np.ndarray:
+    """Labels in ``ids`` order: each ID looked up exactly, else as the suffix ``.../ID`` of one key."""
+    exact = {str(k).replace("\\", "/"): v for k, v in mapping.items()}
+    wanted = [str(i) for i in ids]
+    suffix: dict[str, str] | None = None
+    out, unmatched = [], []
+    for i in wanted:
+        if i in exact:
+            out.append(exact[i])
+            continue
+        if suffix is None:  # built only when some ID is not a key itself
+            suffix = _suffix_index(exact.keys(), set(wanted), path)
+        key = suffix.get(i)
+        if key is None:
+            unmatched.append(i)
+            out.append(None)
+        else:
+            out.append(exact[key])
+    if unmatched:
+        example_key = next(iter(exact), None)
+        raise CleanpipeError(
+            f"labels file {path}: {len(unmatched):,} of {len(wanted):,} examples have no entry (e.g. ID {unmatched[0]!r}, "
+            f"while a key reads {example_key!r}); keys must be the example IDs or paths ending in /<ID>"
+        )
+    return _object_array(out)
+
+
+def _suffix_index(keys, wanted: set[str], path: Path) -> dict[str, str]:
+    """ID -> the one key ending in ``/ID``; two keys ending in the same ID is an error."""
+    index: dict[str, str] = {}
+    for key in keys:
+        parts = key.split("/")
+        for start in range(1, len(parts)):  # longest proper tail first
+            tail = "/".join(parts[start:])
+            if tail in wanted:
+                if tail in index:
+                    raise CleanpipeError(
+                        f"labels file {path}: two entries end in the same example ID {tail!r} "
+                        f"({index[tail]!r} and {key!r}); keep one"
+                    )
+                index[tail] = key
+                break
+    return index
+
+
+def _to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None) -> np.ndarray:
+    """int64 (N,) class ids from integers, whole floats or class names, range-checked."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind in "iu":
+        labels = raw.astype(np.int64)
+    elif raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+            raise CleanpipeError(f"labels file {path}: labels must be whole class ids, found non-integer values")
+        labels = raw.astype(np.int64)
+    else:
+        labels = _names_to_ids(raw, path, class_names)
+    if len(labels) and labels.min() < 0:
+        raise CleanpipeError(f"labels file {path}: labels must be >= 0, found {labels.min()} at entry {int(labels.argmin())}")
+    if class_names is not None and len(labels) and labels.max() >= len(class_names):
+        raise CleanpipeError(
+            f"labels file {path}: label {labels.max()} (entry {int(labels.argmax())}) is out of range; "
+            f"this dataset has classes 0..{len(class_names) - 1}"
+        )
+    return labels
+
+
+def _names_to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None) -> np.ndarray:
+    names = {str(c): k for k, c in enumerate(class_names or [])}
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, v in enumerate(raw.tolist()):
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        if isinstance(v, str) and v in names:  # a class name wins over reading it as a number
+            out[i] = names[v]
+        elif isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, (list, dict)):
+            raise CleanpipeError(f"labels file {path}: entry {i} is {v!r}, not a class id or name")
+        elif isinstance(v, (int, np.integer)):
+            out[i] = int(v)
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            out[i] = int(v)
+        elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            out[i] = int(v)
+        else:
+            known = (
+                f"; classes are {', '.join(list(names)[:10])}{', ...' if len(names) > 10 else ''}"
+                if names else "; class names can only be used with --dataset, otherwise give class ids"
+            )
+            raise CleanpipeError(f"labels file {path}: unknown class {v!r} at entry {i}{known}")
+    return out
