@@ -197,6 +197,76 @@ def print_noise_summary(run_dir: Path, stage) -> None:
     console.print(f"[dim]wrote {run_dir / 'noise'}/ noisy_labels.npy noise_matrix.npy manifest.json[/]")
 
 
+@app.command()
+@user_errors
+def crossval(
+    run_dir: Path = RunArg,
+    model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | mlp | logreg"),
+    folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold (default per dataset: digits 20, 28x28 grey 3, colour 30, tables 40)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per dataset)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based) as its own job; join later with --combine."),
+    combine: bool = typer.Option(False, "--combine", help="Join the finished fold shards into pred_probs.npy."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA; adds ~7-10 s of compilation per fold, so only long runs gain)."),
+    dataset: Optional[str] = DatasetOpt,
+    data: Optional[Path] = DataOpt,
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json), for data whose labels are really noisy.", rich_help_panel="Data"),
+    test_fraction: float = TestFractionOpt,
+    split_seed: int = SplitSeedOpt,
+    image_size: int = ImageSizeOpt,
+    label_column: str = LabelColumnOpt,
+) -> None:
+    """K-fold out-of-fold predicted probabilities of the training split (pred_probs).
+
+    Trains on the run's noisy labels when it has a noise stage, else on the dataset's labels.
+    Finished folds are kept as shards: an interrupted job resumes where it stopped.
+
+    Examples:
+
+      [bold]cleanpipe crossval runs/demo[/]   (after cleanpipe noise runs/demo ...)
+
+      [bold]cleanpipe crossval runs/real --dataset table --data data.csv --label-column y --folds 5[/]
+
+      [bold]cleanpipe crossval runs/c10 --fold 0 --device cuda[/]  ...one job per fold, then [bold]--combine[/]
+    """
+    from cleanpipe.crossval import run_crossval_stage
+    from cleanpipe.progress import RichProgress
+    from cleanpipe.run import Run
+
+    spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
+    with RichProgress(console) as progress:
+        stage = run_crossval_stage(
+            Run(run_dir), spec=spec, model=model, n_folds=folds, epochs=epochs, batch_size=batch_size, lr=lr,
+            seed=seed, device=device, fold=fold, combine=combine, compile=compile_, progress=progress,
+        )
+    print_crossval_summary(run_dir, stage)
+
+
+def print_crossval_summary(run_dir: Path, stage) -> None:
+    s = stage.settings
+    if stage.manifest is None:
+        left = ", ".join(map(str, stage.missing))
+        console.print(
+            f"[bold green]crossval[/] fold {stage.trained[0]} of {stage.n_folds} done"
+            + (f"; folds still to run: {left}" if left else f"; all folds done: run `cleanpipe crossval {run_dir} --combine`")
+        )
+        return
+    m = stage.manifest["metrics"]
+    line = f"[bold green]crossval[/] {s.model}, {stage.n_folds} folds x {s.epochs} epochs: out-of-fold accuracy {m['oof_accuracy']:.4f}"
+    if "oof_accuracy_true" in m:
+        line += f" vs given labels, [bold]{m['oof_accuracy_true']:.4f}[/] vs true labels"
+    console.print(line)
+    if stage.reused:
+        console.print(f"[dim]reused finished folds {', '.join(map(str, stage.reused))}[/]")
+    console.print(
+        f"[dim]{m['fold_seconds_total']:.1f}s of training on {stage.manifest['device']}; "
+        f"wrote {run_dir / 'crossval'}/ pred_probs.npy folds.npy manifest.json[/]"
+    )
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -207,41 +277,56 @@ def run_all(
     kind: str = typer.Option("symmetric", "--kind", "-k", help="Synthetic noise kind, or 'none' for data whose labels are already noisy."),
     rate: float = typer.Option(0.4, "--rate", "-r", help="Synthetic noise rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
+    model: str = typer.Option("auto", "--model", "-m", help="Model for cross-validation (see `cleanpipe crossval --help`)."),
+    folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
     image_size: int = ImageSizeOpt,
     label_column: str = LabelColumnOpt,
 ) -> None:
-    """Run every stage with good defaults, skipping stages that are already up to date.
+    """Run every stage with good defaults, skipping work that is already up to date.
 
-    Example: [bold]cleanpipe run runs/demo[/] (digits, 40% symmetric noise)
+    Stages so far: noise (unless --kind none), then crossval. Re-running reuses what is
+    current: the noise when its settings match, and every finished fold.
+
+    Examples:
+
+      [bold]cleanpipe run runs/demo[/]   (digits, 40% symmetric noise)
+
+      [bold]cleanpipe run runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
     """
+    from cleanpipe.crossval import run_crossval_stage
     from cleanpipe.noise import run_noise_stage
+    from cleanpipe.progress import RichProgress
     from cleanpipe.run import Run
 
     spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
     run = Run(run_dir)
     with run.transaction():
-        if kind != "none":
-            params = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
-            man = run.manifest("noise")
-            if (
-                man is not None
-                and {k: man["parameters"].get(k) for k in params} == params
-                and run.dataset_json() is not None
-                and run.is_current("noise", man["parameters"])
-                and _same_spec(run, spec)
-            ):
-                console.print("[dim]noise: up to date, skipped[/]")
-            else:
-                stage = run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed)
-                print_noise_summary(run_dir, stage)
-        else:
+        if kind == "none":
             _, ds, is_new = run.bind_dataset(spec)
             if is_new:
                 run.write_dataset(spec, ds)
-    console.print(
-        "[bold]done[/]: the stages built so far ran. Next stages (crossval, prune, train) are on their way."
+        elif _noise_is_current(run, spec, kind, rate, seed):
+            console.print("[dim]noise: up to date, skipped[/]")
+        else:
+            print_noise_summary(run_dir, run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed))
+        with RichProgress(console) as progress:
+            stage = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress)
+        print_crossval_summary(run_dir, stage)
+    console.print(f"[bold]done[/]: {run_dir} holds noise and crossval; prune and train stages are being built next.")
+
+
+def _noise_is_current(run, spec, kind: str, rate: float, seed: int) -> bool:
+    man = run.manifest("noise")
+    wanted = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
+    return (
+        man is not None
+        and {k: man["parameters"].get(k) for k in wanted} == wanted
+        and man["parameters"].get("class_map") is None
+        and _same_spec(run, spec)
+        and run.is_current("noise", man["parameters"])
     )
 
 

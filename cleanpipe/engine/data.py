@@ -1,0 +1,93 @@
+"""The dataset on the device and batched augmentation (airbench style: no DataLoader)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class DeviceData:
+    """All features as one tensor on the device; batches are sliced and augmented there.
+
+    Images stay uint8 (N, C, H, W) until a batch is taken, which keeps 50,000 CIFAR
+    images at 150 MB. Normalisation statistics come from the rows given as ``fit_rows``
+    (the training part only), so held-out rows never leak into them.
+
+    Parameters
+    ----------
+    X : np.ndarray
+        uint8 (N, C, H, W) images or float32 (N, D) features.
+    device : torch.device
+    fit_rows : np.ndarray, optional
+        int indices whose statistics normalise every batch; default all rows.
+    """
+
+    def __init__(self, X: np.ndarray, device: torch.device, fit_rows: np.ndarray | None = None) -> None:
+        self.device = device
+        self.is_image = X.ndim == 4
+        X = np.ascontiguousarray(X)
+        if not X.flags.writeable:  # torch wants writable memory (np.frombuffer, memory maps)
+            X = X.copy()
+        self.X = torch.from_numpy(X).to(device)
+        ref = self.X if fit_rows is None else self.X[torch.as_tensor(fit_rows, device=device)]
+        if self.is_image:
+            ref = ref.float() / 255.0
+            self.mean = ref.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+            self.std = ref.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
+        else:
+            self.mean = ref.mean(dim=0, keepdim=True)
+            self.std = ref.std(dim=0, keepdim=True).clamp_min(1e-6)
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def batch(self, idx: torch.Tensor, augment: "Augment | None" = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Float32 normalised features of rows ``idx``, augmented as a whole batch."""
+        x = self.X[idx]
+        if self.is_image:
+            x = x.float() / 255.0
+            if augment is not None:
+                x = augment(x, generator)
+        return (x - self.mean) / self.std
+
+
+class Augment:
+    """Random translation (reflect-pad and crop) and optional horizontal flips, per example, on a batch.
+
+    ``policy`` adds kornia's AutoAugment or RandAugment after the geometric part, for
+    methods that need strong augmentation (IEG, Noisy Student).
+    """
+
+    def __init__(self, pad: int, flip: bool, policy: str | None = None) -> None:
+        self.pad, self.flip, self.policy = pad, flip, policy
+        self._policy = None
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        dev = x.device
+        if self.pad > 0:
+            p = self.pad
+            padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
+            # Drawn where the data lives: a host-to-device copy per step would stall a GPU.
+            dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=dev)
+            dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=dev)
+            # Each example's crop out of its padded copy: two gathers, no Python loop.
+            rows = (dy[:, None] + torch.arange(H, device=dev))[:, None, :, None].expand(B, C, H, W + 2 * p)
+            cols = (dx[:, None] + torch.arange(W, device=dev))[:, None, None, :].expand(B, C, H, W)
+            x = padded.gather(2, rows).gather(3, cols)
+        if self.flip:
+            mask = torch.rand(B, generator=generator, device=dev) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        if self.policy:
+            x = self._strong(x)
+        return x
+
+    def _strong(self, x: torch.Tensor) -> torch.Tensor:
+        if self._policy is None:
+            from kornia.augmentation import auto
+
+            self._policy = (
+                auto.AutoAugment(policy="cifar10") if self.policy == "autoaugment" else auto.RandAugment(n=2, m=10)
+            ).to(x.device)
+        return self._policy(x).clamp_(0.0, 1.0)
+

@@ -1,0 +1,70 @@
+"""The plug-in point of the engine: a method is a loss/selection step, not a training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Step:
+    """One batch as a method sees it.
+
+    Attributes
+    ----------
+    nets : sequence of nn.Module
+        The networks being trained (callables; possibly compiled).
+    x : torch.Tensor
+        float32 (B, C, H, W) or (B, D), normalised and augmented.
+    y : torch.Tensor
+        int64 (B,): the labels trained on.
+    idx : torch.Tensor
+        int64 (B,): the rows of the batch, for per-example state (weights, pseudo labels).
+    epoch, step, total_steps : int
+    """
+
+    nets: Sequence[nn.Module]
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    epoch: int
+    step: int
+    total_steps: int
+
+
+class Method:
+    """Base class: override :meth:`loss`; the other hooks are optional."""
+
+    n_nets = 1
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        """Called before each epoch (e.g. to ramp a forget rate)."""
+
+    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loss, logits of the first network)`` for the batch."""
+        raise NotImplementedError
+
+    def epoch_metrics(self) -> dict:
+        """Extra per-epoch numbers for the history (e.g. the forget rate)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Standard(Method):
+    """Plain cross-entropy on the given labels."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = step.nets[0](step.x)
+        return F.cross_entropy(logits.float(), step.y, label_smoothing=self.label_smoothing), logits

@@ -1,0 +1,88 @@
+"""The model registry: name -> constructor(input shape, number of classes).
+
+``auto`` picks per dataset: the small CNN for grey or small images (digits, MNIST), PreAct
+ResNet-18 for 32x32 colour images, the MLP for tables. ``logreg`` is scikit-learn's
+logistic regression, trained outside the torch engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from cleanpipe.errors import CleanpipeError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    build: Callable[[tuple[int, ...], int], object]
+    inputs: str  # "image" or "table"
+    summary: str
+
+
+def _small_cnn(shape, k):
+    from cleanpipe.models.nets import SmallCNN
+
+    size = min(shape[1:])
+    # Width 16 on 28x28 and larger: measured on MNIST-10k, it keeps >= 0.98 out-of-fold
+    # accuracy at a quarter of width 32's cost; tiny 8x8 digits afford width 32.
+    return SmallCNN(shape[0], k, size=size, width=32 if size <= 16 else 16)
+
+
+def _cnn9(shape, k):
+    from cleanpipe.models.nets import CNN9
+
+    return CNN9(shape[0], k)
+
+
+def _preact18(shape, k):
+    from cleanpipe.models.nets import PreActResNet18
+
+    return PreActResNet18(shape[0], k)
+
+
+def _mlp(shape, k):
+    from cleanpipe.models.nets import MLP
+
+    return MLP(shape[0], k)
+
+
+def _logreg(shape, k):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+MODELS: dict[str, ModelInfo] = {
+    "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images"),
+    "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images"),
+    "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
+    "mlp": ModelInfo(_mlp, "table", "2 hidden layers of 256 with BatchNorm and dropout, for tables/features"),
+    "logreg": ModelInfo(_logreg, "table", "scikit-learn logistic regression (standardised features)"),
+}
+
+
+def auto_model(input_shape: tuple[int, ...]) -> str:
+    """The default model for data of this shape (C, H, W) or (D,)."""
+    if len(input_shape) == 1:
+        return "mlp"
+    c, h, w = input_shape
+    return "preact_resnet18" if c == 3 and min(h, w) >= 32 else "small_cnn"
+
+
+def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
+    """Construct a fresh, untrained model; ``name`` may be ``auto``."""
+    if name == "auto":
+        name = auto_model(input_shape)
+    if name not in MODELS:
+        raise CleanpipeError(f"unknown model {name!r}; choose auto or one of {', '.join(MODELS)}")
+    info = MODELS[name]
+    is_image = len(input_shape) == 3
+    if (info.inputs == "image") != is_image:
+        raise CleanpipeError(
+            f"model {name!r} takes {info.inputs} data but this dataset is "
+            f"{'images' if is_image else 'a table'}; choose auto or a model for {'images' if is_image else 'tables'}"
+        )
+    return info.build(tuple(input_shape), n_classes)

@@ -1,0 +1,121 @@
+"""Network architectures: a small fast CNN, the 9-layer Co-teaching CNN, PreAct ResNet-18, an MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """A small, fast CNN for digits (8x8) and 28x28 images.
+
+    Three conv-BN-ReLU blocks of ``width, 2 width, 4 width`` channels, each but the first
+    followed by 2x2 max-pooling once the map is larger than 4x4, then global max-pooling
+    and a linear head. About 0.1M parameters at ``width=32``.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, size: int, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn(in_channels, width)]
+        c, s = width, size
+        for _ in range(2):
+            if s > 4:  # pool before the wider conv: most of the cost sits at full resolution
+                layers.append(nn.MaxPool2d(2))
+                s //= 2
+            layers.append(conv_bn(c, 2 * c))
+            c *= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.head(torch.amax(x, dim=(2, 3)))
+
+
+class CNN9(nn.Module):
+    """The 9-layer CNN of Co-teaching (Han et al. 2018) for 32x32 images.
+
+    3x(conv 128) - maxpool - dropout 0.25 - 3x(conv 256) - maxpool - dropout 0.25 -
+    conv 512 (3x3 valid) - conv 256 (1x1) - conv 128 (1x1) - global average pool - linear,
+    every conv followed by BatchNorm and LeakyReLU(0.01).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, dropout: float = 0.25) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, k: int = 3, pad: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, k, padding=pad), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.01)]
+
+        self.features = nn.Sequential(
+            *block(in_channels, 128), *block(128, 128), *block(128, 128),
+            nn.MaxPool2d(2), nn.Dropout2d(dropout),
+            *block(128, 256), *block(256, 256), *block(256, 256),
+            nn.MaxPool2d(2), nn.Dropout2d(dropout),
+            *block(256, 512, 3, 0), *block(512, 256, 1, 0), *block(256, 128, 1, 0),
+        )
+        self.head = nn.Linear(128, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet18(nn.Module):
+    """PreAct ResNet-18 (He et al. 2016) for 32x32 images, the DivideMix-era standard."""
+
+    def __init__(self, in_channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        blocks, c = [], 64
+        for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [PreActBlock(c, c_out, stride), PreActBlock(c_out, c_out, 1)]
+            c = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.blocks(self.stem(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron for tables and precomputed features (inputs standardised by the engine)."""
+
+    def __init__(self, in_features: int, n_classes: int, hidden: int = 256, depth: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            d = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(d, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

@@ -1,0 +1,190 @@
+"""crossval: accuracy on real data, resumable folds, shards and combine, bad input."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from cleanpipe.crossval import fold_plan
+
+
+def test_fold_plan_is_stratified_and_seeded():
+    y = np.repeat(np.arange(3), [30, 20, 10])
+    a, b = fold_plan(y, 5, 0), fold_plan(y, 5, 0)
+    assert np.array_equal(a, b) and not np.array_equal(a, fold_plan(y, 5, 1))
+    for k in range(5):
+        assert np.bincount(y[a == k]).tolist() == [6, 4, 2]
+
+
+def test_digits_clean_five_fold(tmp_path, cli):
+    t0 = time.perf_counter()
+    code, out, err = cli("crossval", tmp_path / "r", "--dataset", "digits", "--folds", 5, "--device", "cpu")
+    elapsed = time.perf_counter() - t0
+    assert code == 0, err
+    man = json.loads((tmp_path / "r" / "crossval" / "manifest.json").read_text())
+    assert man["metrics"]["oof_accuracy"] >= 0.98
+    assert elapsed < 60
+    probs = np.load(tmp_path / "r" / "crossval" / "pred_probs.npy")
+    folds = np.load(tmp_path / "r" / "crossval" / "folds.npy")
+    assert probs.dtype == np.float32 and probs.shape == (1437, 10)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and sorted(np.unique(folds)) == [0, 1, 2, 3, 4]
+    assert "oof_accuracy_true" not in man["metrics"]  # no noise stage: the labels are the truth
+
+
+def test_noisy_run_reports_accuracy_against_truth(tmp_path, cli):
+    run = tmp_path / "r"
+    assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", 0.4)[0] == 0
+    code, out, err = cli("crossval", run, "--epochs", 10)
+    assert code == 0, err
+    m = json.loads((run / "crossval" / "manifest.json").read_text())["metrics"]
+    assert m["oof_accuracy"] < 0.7 < m["oof_accuracy_true"]
+    assert "noise/noisy_labels.npy" in json.loads((run / "crossval" / "manifest.json").read_text())["inputs"]
+
+
+def test_interrupted_run_resumes_identically(tmp_path, cli, monkeypatch):
+    import cleanpipe.crossval as cv
+
+    args = ("--dataset", "digits", "--folds", 3, "--epochs", 3, "--seed", 1)
+    assert cli("crossval", tmp_path / "whole", *args)[0] == 0
+
+    calls = []
+    real = cv.train_fold
+
+    def dies_after_first_fold(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cv, "train_fold", dies_after_first_fold)
+    code, _, err = cli("crossval", tmp_path / "cut", *args)
+    assert code == 130 and "interrupted" in err
+    assert (tmp_path / "cut" / "crossval" / "shards" / "fold_0.npz").is_file()
+    assert not (tmp_path / "cut" / "crossval" / "pred_probs.npy").exists()
+
+    trained = []
+    monkeypatch.setattr(cv, "train_fold", lambda *a, **k: trained.append(a[3]) or real(*a, **k))
+    code, out, err = cli("crossval", tmp_path / "cut", *args)
+    assert code == 0, err
+    assert trained == [1, 2], "the finished fold must not be recomputed"
+    for f in ("pred_probs.npy", "folds.npy"):
+        assert (tmp_path / "cut" / "crossval" / f).read_bytes() == (tmp_path / "whole" / "crossval" / f).read_bytes()
+
+
+def test_epoch_checkpoint_resume_is_bit_identical(tmp_path):
+    import torch
+
+    from cleanpipe.data import DataSpec, load_dataset
+    from cleanpipe.engine import DeviceData, TrainConfig, fit
+    from cleanpipe.models import build_model
+
+    ds = load_dataset(DataSpec("digits"))
+    rows = np.arange(600)
+    data = DeviceData(ds.X_train, torch.device("cpu"), fit_rows=rows)
+
+    def net():
+        torch.manual_seed(0)
+        return build_model("small_cnn", ds.input_shape, 10)
+
+    full = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5))[0]
+    ckpt = tmp_path / "ck.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, metrics):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5), checkpoint=ckpt, on_epoch=stop_after_two,
+            checkpoint_every_s=0)
+    assert ckpt.is_file()
+    resumed = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5), checkpoint=ckpt)[0]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fold_jobs_then_combine(tmp_path, cli):
+    run = tmp_path / "r"
+    args = ("--folds", 3, "--epochs", 2)
+    assert cli("noise", run, "--dataset", "digits", "--kind", "pairflip", "--rate", 0.2)[0] == 0
+    for k in (2, 0):
+        code, out, err = cli("crossval", run, "--fold", k, *args)
+        assert code == 0, err
+    code, out, err = cli("crossval", run, "--combine", *args)
+    assert code == 2 and "no shard for fold(s) 1" in err and len(err.strip().splitlines()) == 1
+    assert cli("crossval", run, "--fold", 1, *args)[0] == 0
+    code, out, err = cli("crossval", run, "--combine", *args)
+    assert code == 0, err
+    assert np.load(run / "crossval" / "pred_probs.npy").shape == (1437, 10)
+    # Shards made with other settings are never mixed in.
+    code, out, err = cli("crossval", run, "--combine", "--folds", 3, "--epochs", 3)
+    assert code == 2 and "other settings" in err
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("--model", "resnet9000"), "unknown model"),
+        (("--model", "mlp"), "takes table data"),
+        (("--folds", 1), "at least 2"),
+        (("--folds", 200), "larger than the smallest class"),
+        (("--fold", 4), "out of range"),
+        (("--epochs", 0), "at least 1"),
+        (("--device", "tpu"), "--device must be"),
+    ],
+)
+def test_bad_input(tmp_path, cli, args, match):
+    code, out, err = cli("crossval", tmp_path / "r", "--dataset", "digits", *args)
+    assert code == 2
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_mnist_clean_four_fold(tmp_path, cli, mnist_dir):
+    code, out, err = cli("crossval", tmp_path / "m", "--dataset", "mnist", "--data", mnist_dir, "--folds", 4)
+    assert code == 0, err
+    m = json.loads((tmp_path / "m" / "crossval" / "manifest.json").read_text())["metrics"]
+    assert m["oof_accuracy"] >= 0.98
+
+
+@pytest.mark.parametrize("model", ["mlp", "logreg"])
+def test_table_data(tmp_path, cli, model):
+    import pandas as pd
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True).frame
+    wine.to_csv(tmp_path / "wine.csv", index=False)
+    run = tmp_path / model
+    code, out, err = cli("crossval", run, "--dataset", "table", "--data", tmp_path / "wine.csv",
+                         "--label-column", "target", "--model", model, "--folds", 3)
+    assert code == 0, err
+    m = json.loads((run / "crossval" / "manifest.json").read_text())
+    assert m["metrics"]["oof_accuracy"] > 0.9
+    assert np.load(run / "crossval" / "pred_probs.npy").shape == (len(wine) - round(0.2 * len(wine)), 3)
+
+
+def test_run_command_runs_noise_and_crossval_then_reuses_them(tmp_path, cli):
+    run = tmp_path / "demo"
+    code, out, err = cli("run", run, "--folds", 3)
+    assert code == 0, err
+    assert (run / "noise" / "noisy_labels.npy").is_file() and (run / "crossval" / "pred_probs.npy").is_file()
+    before = (run / "crossval" / "pred_probs.npy").read_bytes()
+    code, out, err = cli("run", run, "--folds", 3)
+    assert code == 0, err
+    assert "noise: up to date" in out and "reused finished folds 0, 1, 2" in out
+    assert (run / "crossval" / "pred_probs.npy").read_bytes() == before
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment"])
+def test_kornia_policies_run_on_batches(policy):
+    import torch
+
+    from cleanpipe.engine import Augment
+
+    x = torch.rand(16, 3, 32, 32)
+    out = Augment(pad=2, flip=True, policy=policy)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)
