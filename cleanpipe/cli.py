@@ -267,6 +267,81 @@ def print_crossval_summary(run_dir: Path, stage) -> None:
     )
 
 
+@app.command()
+@user_errors
+def prune(
+    run_dir: Path = RunArg,
+    method: str = typer.Option("prune_by_noise_rate", "--method", help="prune_by_noise_rate | prune_by_class | both | confident_learning | predicted_neq_given | low_normalized_margin | low_self_confidence, or the paper's cl-pbnr | cl-pbc | cl-both | cj-only | argmax"),
+    pred_probs: Optional[Path] = typer.Option(None, "--pred-probs", help="Standalone: out-of-sample probabilities (.npy, N x K) computed anywhere.", rich_help_panel="Standalone form"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Standalone: the given labels (.npy/.csv/.json).", rich_help_panel="Standalone form"),
+    true_labels: Optional[Path] = typer.Option(None, "--true-labels", help="Standalone: the true labels, to report precision/recall.", rich_help_panel="Standalone form"),
+    frac_noise: float = typer.Option(1.0, "--frac-noise", help="Flag only this share of the estimated issues (noise-rate, class and both methods)."),
+    num_to_remove_per_class: Optional[str] = typer.Option(None, "--num-to-remove-per-class", help="K comma-separated counts (noise-rate, class and both methods)."),
+    rank_by: str = typer.Option("self_confidence", "--rank-by", help="Order of the report: self_confidence | normalized_margin | confidence_weighted_entropy"),
+    top: int = typer.Option(10, "--top", help="How many of the most suspicious examples to show."),
+) -> None:
+    """Find label errors with confident learning (cleanlab): masks and a ranked CSV report.
+
+    Writes RUN/prune/issue_mask.npy (True = flagged), keep_mask.npy (True = kept),
+    label_issues.csv (worst first) and manifest.json.
+
+    Examples:
+
+      [bold]cleanpipe prune runs/demo[/]   (after noise and crossval)
+
+      [bold]cleanpipe prune runs/cl --pred-probs pred_probs.npy --labels noisy_labels.npy --true-labels true_labels.npy --method cl-pbnr[/]
+    """
+    from cleanpipe.prune import run_prune_stage
+    from cleanpipe.run import Run
+
+    counts = None
+    if num_to_remove_per_class is not None:
+        try:
+            counts = [int(c) for c in num_to_remove_per_class.split(",")]
+        except ValueError:
+            raise CleanpipeError("--num-to-remove-per-class takes comma-separated whole numbers, e.g. 10,10,5") from None
+    stage = run_prune_stage(
+        Run(run_dir), method=method, pred_probs_file=pred_probs, labels_file=labels, true_labels_file=true_labels,
+        frac_noise=frac_noise, num_to_remove_per_class=counts, rank_by=rank_by,
+    )
+    print_prune_summary(run_dir, stage, top)
+
+
+def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
+    m = stage.manifest["metrics"]
+    if stage.inputs.note:
+        console.print(f"[dim]note: pred_probs {stage.inputs.note}[/]")
+    console.print(
+        f"[bold green]prune[/] {stage.method}: [bold]{m['n_issues']:,}[/] of {m['n']:,} labels flagged "
+        f"({m['n_issues'] / max(m['n'], 1):.1%}); estimated noise rate {m['estimated_noise_rate']:.1%}"
+        + (f", true {m['true_noise_rate']:.1%}" if "true_noise_rate" in m else "")
+    )
+    if "f1" in m:
+        auroc = f", AUROC of label quality {m['auroc']:.3f}" if m.get("auroc") is not None else ""
+        console.print(
+            f"against the true labels: precision [bold]{m['precision']:.3f}[/], recall [bold]{m['recall']:.3f}[/], "
+            f"F1 [bold]{m['f1']:.3f}[/]{auroc}"
+        )
+    report = stage.report
+    if top > 0 and len(report):
+        t = Table(title=f"the {min(top, len(report))} most suspicious labels", title_justify="left")
+        t.add_column("id")
+        t.add_column("given")
+        t.add_column("suggested")
+        t.add_column("quality", justify="right")
+        truth = "true_label" in report.columns
+        if truth:
+            t.add_column("true")
+        names = stage.inputs.class_names
+        for row in report.head(top).itertuples(index=False):
+            cells = [str(row.id), names[row.given_label], names[row.suggested_label], f"{row.label_quality:.3f}"]
+            if truth:
+                cells.append(("[red]" if row.is_true_error else "[green]") + names[row.true_label] + "[/]")
+            t.add_row(*cells)
+        console.print(t)
+    console.print(f"[dim]wrote {run_dir / 'prune'}/ issue_mask.npy keep_mask.npy label_issues.csv manifest.json[/]")
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -280,6 +355,7 @@ def run_all(
     model: str = typer.Option("auto", "--model", "-m", help="Model for cross-validation (see `cleanpipe crossval --help`)."),
     folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    method: str = typer.Option("prune_by_noise_rate", "--method", help="Label-error method for prune (see `cleanpipe prune --help`)."),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
     image_size: int = ImageSizeOpt,
@@ -287,7 +363,7 @@ def run_all(
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
-    Stages so far: noise (unless --kind none), then crossval. Re-running reuses what is
+    Stages so far: noise (unless --kind none), crossval, prune. Re-running reuses what is
     current: the noise when its settings match, and every finished fold.
 
     Examples:
@@ -299,6 +375,7 @@ def run_all(
     from cleanpipe.crossval import run_crossval_stage
     from cleanpipe.noise import run_noise_stage
     from cleanpipe.progress import RichProgress
+    from cleanpipe.prune import run_prune_stage
     from cleanpipe.run import Run
 
     spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
@@ -315,7 +392,11 @@ def run_all(
         with RichProgress(console) as progress:
             stage = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress)
         print_crossval_summary(run_dir, stage)
-    console.print(f"[bold]done[/]: {run_dir} holds noise and crossval; prune and train stages are being built next.")
+        print_prune_summary(run_dir, run_prune_stage(run, method=method))
+    console.print(
+        f"[bold]done[/]: see {run_dir / 'prune' / 'label_issues.csv'} for every example, worst first. "
+        "(The train stage is being built next.)"
+    )
 
 
 def _noise_is_current(run, spec, kind: str, rate: float, seed: int) -> bool:

@@ -1,0 +1,1 @@
+"""Label-error detection: confident learning through cleanlab (``confident``) and INCV (``incv``)."""

@@ -1,0 +1,177 @@
+"""The prune stage: flag label errors, write masks, a ranked CSV report and a manifest.
+
+Two forms: inside a run (``crossval/pred_probs.npy`` and the run's labels, with the truth
+known when the run injected the noise itself) or standalone on files computed anywhere
+(``--pred-probs``, ``--labels``, optionally ``--true-labels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cleanpipe.detect.confident import ALIASES, Detection, canonical_method, find_issues, validate_inputs
+from cleanpipe.errors import CleanpipeError
+from cleanpipe.metrics import detection_metrics, error_auroc
+from cleanpipe.run import Run, load_npy
+
+
+@dataclass
+class PruneInputs:
+    """Everything detection reads, whichever form supplied it."""
+
+    labels: np.ndarray  # int64 (N,)
+    pred_probs: np.ndarray  # float32 (N, K)
+    true_labels: np.ndarray | None  # int64 (N,) when known
+    ids: np.ndarray  # str (N,)
+    class_names: list[str]
+    input_files: list[Path]
+    note: str | None = None
+
+
+@dataclass
+class PruneStage:
+    """What ``cleanpipe prune`` did, for the CLI's summary."""
+
+    detection: Detection
+    inputs: PruneInputs
+    method: str
+    manifest: dict
+    report: object  # pandas.DataFrame, one row per example, worst first
+
+
+def _run_inputs(run: Run) -> PruneInputs:
+    run.require("crossval", hint=f"cleanpipe crossval {run.root}")
+    _, ds, _ = run.bind_dataset(None)
+    pred_probs = load_npy(run.path("crossval", "pred_probs.npy"), what="pred_probs")
+    files = [run.path("crossval", "pred_probs.npy")]
+    if run.has("noise"):
+        labels = load_npy(run.path("noise", "noisy_labels.npy"), what="label vector").astype(np.int64)
+        files.append(run.path("noise", "noisy_labels.npy"))
+        truth = ds.y_train
+    else:
+        labels, truth = ds.y_train, None
+    if len(labels) != len(pred_probs):
+        raise CleanpipeError(f"{run.root}: crossval is stale ({len(pred_probs)} rows for {len(labels)} labels); re-run crossval")
+    return PruneInputs(labels, pred_probs, truth, np.asarray(ds.ids_train), list(ds.class_names), files)
+
+
+def _file_inputs(pred_probs_file: Path, labels_file: Path, true_labels_file: Path | None) -> PruneInputs:
+    from cleanpipe.labels import read_labels
+
+    pred_probs = load_npy(Path(pred_probs_file), what="pred_probs")
+    if pred_probs.ndim != 2:
+        raise CleanpipeError(f"{pred_probs_file}: expected an N x K array of probabilities, got shape {pred_probs.shape}")
+    n, k = pred_probs.shape
+    labels = read_labels(Path(labels_file))  # its length is checked against pred_probs by validate_inputs
+    truth = read_labels(Path(true_labels_file)) if true_labels_file else None
+    if truth is not None and len(truth) != n:
+        raise CleanpipeError(f"--true-labels {true_labels_file} has {len(truth):,} entries but pred_probs has {n:,} rows")
+    if truth is not None and len(truth) and truth.max() >= k:
+        raise CleanpipeError(f"--true-labels {true_labels_file}: label {truth.max()} is out of range for {k} classes")
+    files = [Path(pred_probs_file), Path(labels_file)] + ([Path(true_labels_file)] if true_labels_file else [])
+    return PruneInputs(labels, pred_probs, truth, np.arange(n).astype(str), [str(c) for c in range(k)], files)
+
+
+def build_report(inputs: PruneInputs, det: Detection):
+    """The per-example table, worst first (see DESIGN.md's ``label_issues.csv``)."""
+    import pandas as pd
+
+    names = inputs.class_names
+    named = names != [str(c) for c in range(len(names))]
+    cols = {"index": np.arange(len(inputs.labels)), "id": inputs.ids, "given_label": inputs.labels}
+    if named:
+        cols["given_class"] = np.asarray(names, dtype=object)[inputs.labels]
+    cols["suggested_label"] = det.suggested_label
+    if named:
+        cols["suggested_class"] = np.asarray(names, dtype=object)[det.suggested_label]
+    cols["label_quality"] = np.round(det.label_quality, 6)
+    cols["is_label_issue"] = det.issue_mask
+    if inputs.true_labels is not None:
+        cols["true_label"] = inputs.true_labels
+        if named:
+            cols["true_class"] = np.asarray(names, dtype=object)[inputs.true_labels]
+        cols["is_true_error"] = inputs.labels != inputs.true_labels
+    return pd.DataFrame(cols).iloc[det.order].reset_index(drop=True)
+
+
+def run_prune_stage(
+    run: Run,
+    *,
+    method: str = "prune_by_noise_rate",
+    pred_probs_file: Path | None = None,
+    labels_file: Path | None = None,
+    true_labels_file: Path | None = None,
+    frac_noise: float = 1.0,
+    num_to_remove_per_class: list[int] | None = None,
+    rank_by: str = "self_confidence",
+) -> PruneStage:
+    """Find label errors and write ``RUN/prune/``.
+
+    Parameters
+    ----------
+    run : Run
+    method : str
+        A cleanlab ``filter_by`` name or a paper alias (``cl-pbnr``, ``cl-pbc``, ``cl-both``,
+        ``cj-only``, ``argmax``).
+    pred_probs_file, labels_file, true_labels_file : Path, optional
+        The standalone form: out-of-sample probabilities (.npy, N x K) and labels from anywhere.
+    frac_noise, num_to_remove_per_class, rank_by
+        Passed to :func:`cleanpipe.detect.confident.find_issues`.
+    """
+    canonical = canonical_method(method)  # unknown methods fail before anything is read
+    if (pred_probs_file is None) != (labels_file is None):
+        raise CleanpipeError("the standalone form needs both --pred-probs FILE and --labels FILE")
+    if true_labels_file is not None and pred_probs_file is None:
+        raise CleanpipeError("--true-labels belongs to the standalone form (with --pred-probs and --labels)")
+    with run.transaction():
+        if pred_probs_file is not None:
+            inputs = _file_inputs(pred_probs_file, labels_file, true_labels_file)
+        else:
+            inputs = _run_inputs(run)
+        inputs.labels, inputs.pred_probs, inputs.note = validate_inputs(inputs.labels, inputs.pred_probs)
+        det = find_issues(
+            inputs.labels, inputs.pred_probs, canonical, frac_noise=frac_noise,
+            num_to_remove_per_class=num_to_remove_per_class, rank_by=rank_by,
+        )
+        report = build_report(inputs, det)
+        K = inputs.pred_probs.shape[1]
+        metrics = {
+            "n_issues": int(det.issue_mask.sum()),
+            "n": int(len(inputs.labels)),
+            "issues_per_class": np.bincount(inputs.labels[det.issue_mask], minlength=K).tolist(),
+            "estimated_noise_rate": round(det.estimated_noise_rate, 6),
+            "estimated_noise_matrix": np.round(det.noise_matrix, 6).tolist(),
+        }
+        if inputs.true_labels is not None:
+            errors = inputs.labels != inputs.true_labels
+            m = detection_metrics(det.issue_mask, errors)
+            auroc = error_auroc(det.label_quality, errors)
+            metrics.update({
+                "true_noise_rate": round(float(errors.mean()), 6),
+                "precision": round(m["precision"], 6),
+                "recall": round(m["recall"], 6),
+                "f1": round(m["f1"], 6),
+                "auroc": None if auroc is None else round(auroc, 6),
+            })
+        with run.write_stage("prune") as w:
+            for p in inputs.input_files:
+                w.record_input(p)
+            w.save_npy("issue_mask.npy", det.issue_mask)
+            w.save_npy("keep_mask.npy", ~det.issue_mask)
+            report.to_csv(w.path("label_issues.csv"), index=False)
+            manifest = w.finish(
+                parameters={
+                    "method": canonical,
+                    "alias": method if method in ALIASES else None,
+                    "frac_noise": frac_noise,
+                    "num_to_remove_per_class": num_to_remove_per_class,
+                    "rank_by": rank_by,
+                    "standalone": pred_probs_file is not None,
+                    "renormalised": inputs.note,
+                },
+                metrics=metrics,
+            )
+    return PruneStage(det, inputs, canonical, manifest, report)

@@ -1,0 +1,165 @@
+"""prune: the CL paper's masks, P/R/F1, reports on real runs, and bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+PAPER = {"argmax": "argmax", "cj-only": "conf_joint_only", "cl-pbc": "cl_pbc", "cl-pbnr": "cl_pbnr", "cl-both": "cl_both"}
+
+
+@pytest.mark.parametrize("method", list(PAPER))
+def test_paper_methods_match_published_masks(tmp_path, cli, cl_dir, method):
+    out = tmp_path / method
+    code, stdout, err = cli("prune", out, "--pred-probs", cl_dir / "pred_probs.npy", "--labels", cl_dir / "noisy_labels.npy",
+                            "--true-labels", cl_dir / "true_labels.npy", "--method", method)
+    assert code == 0, err
+    assert "renormalised" in stdout  # the paper's float16 rows do not sum exactly to 1
+    keep = np.load(out / "prune" / "keep_mask.npy")
+    issue = np.load(out / "prune" / "issue_mask.npy")
+    assert keep.dtype == bool and np.array_equal(keep, ~issue)
+    published = np.load(cl_dir / f"published_keep_mask_{PAPER[method]}.npy")
+    assert np.mean(keep == published) >= 0.98
+    # The reported precision/recall/F1 equal a direct computation.
+    noisy, true = np.load(cl_dir / "noisy_labels.npy"), np.load(cl_dir / "true_labels.npy")
+    errors = noisy != true
+    tp = np.sum(issue & errors)
+    p, r = tp / issue.sum(), tp / errors.sum()
+    m = json.loads((out / "prune" / "manifest.json").read_text())["metrics"]
+    assert m["precision"] == pytest.approx(p, abs=1e-6) and m["recall"] == pytest.approx(r, abs=1e-6)
+    assert m["f1"] == pytest.approx(2 * p * r / (p + r), abs=1e-6)
+    assert m["n_issues"] == issue.sum() and sum(m["issues_per_class"]) == issue.sum()
+    report = pd.read_csv(out / "prune" / "label_issues.csv")
+    assert len(report) == 50000 and report["is_label_issue"].sum() == issue.sum()
+    assert report["is_label_issue"].iloc[: issue.sum()].all()  # flagged rows first
+    assert (report["is_true_error"] == (report["given_label"] != report["true_label"])).all()
+
+
+def test_digits_pipeline_report_top_rows_are_true_errors(tmp_path, cli):
+    run = tmp_path / "r"
+    assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", 0.4)[0] == 0
+    assert cli("crossval", run)[0] == 0
+    code, out, err = cli("prune", run)
+    assert code == 0, err
+    report = pd.read_csv(run / "prune" / "label_issues.csv")
+    chance = report["is_true_error"].mean()  # about 0.4
+    top = report.head(100)["is_true_error"].mean()
+    assert top >= 0.95 > chance + 0.4
+    m = json.loads((run / "prune" / "manifest.json").read_text())["metrics"]
+    assert m["f1"] >= 0.9 and m["auroc"] >= 0.95
+    assert list(report.columns[:3]) == ["index", "id", "given_label"]
+    assert "most suspicious" in out
+
+
+def test_mnist_pipeline_f1(tmp_path, cli, mnist_dir):
+    run = tmp_path / "m"
+    assert cli("noise", run, "--dataset", "mnist", "--data", mnist_dir, "--kind", "symmetric", "--rate", 0.4)[0] == 0
+    assert cli("crossval", run)[0] == 0
+    code, out, err = cli("prune", run)
+    assert code == 0, err
+    assert json.loads((run / "prune" / "manifest.json").read_text())["metrics"]["f1"] >= 0.95
+
+
+def test_table_run_reports_class_names(tmp_path, cli):
+    from sklearn.datasets import load_iris
+
+    iris = load_iris(as_frame=True)
+    df = iris.frame.assign(species=np.asarray(iris.target_names)[iris.target]).drop(columns="target")
+    df.to_csv(tmp_path / "iris.csv", index=False)
+    run = tmp_path / "t"
+    assert cli("noise", run, "--dataset", "table", "--data", tmp_path / "iris.csv", "--label-column", "species",
+               "--kind", "symmetric", "--rate", 0.2)[0] == 0
+    assert cli("crossval", run, "--model", "logreg", "--folds", 3)[0] == 0
+    assert cli("prune", run)[0] == 0
+    report = pd.read_csv(run / "prune" / "label_issues.csv")
+    assert set(report["given_class"]) == {"setosa", "versicolor", "virginica"}
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=60).astype(np.float32)
+    labels = np.arange(60) % 3
+
+    def save(name, arr):
+        np.save(tmp_path / name, arr)
+        return tmp_path / name
+
+    return {
+        "P": save("p.npy", probs),
+        "L": save("l.npy", labels),
+        "SHORT": save("short.npy", labels[:50]),
+        "RANGE": save("range.npy", np.where(labels == 2, 5, labels)),
+        "NAN": save("nan.npy", np.where(np.arange(60)[:, None] == 3, np.nan, probs)),
+        "NEG": save("neg.npy", probs - 0.5),
+        "SUMS": save("sums.npy", probs * 3),
+        "ONED": save("oned.npy", probs[:, 0]),
+        "CORRUPT": tmp_path / "corrupt.npy",
+    }
+
+
+BAD = {
+    "shape mismatch": (["--pred-probs", "P", "--labels", "SHORT"], "has 60 rows but there are 50 labels"),
+    "labels out of range": (["--pred-probs", "P", "--labels", "RANGE"], "must lie in 0..2"),
+    "nan": (["--pred-probs", "NAN", "--labels", "L"], "NaN"),
+    "negative": (["--pred-probs", "NEG", "--labels", "L"], "negative"),
+    "not probabilities": (["--pred-probs", "SUMS", "--labels", "L"], "not 1"),
+    "1-D pred_probs": (["--pred-probs", "ONED", "--labels", "L"], "N x K"),
+    "corrupt file": (["--pred-probs", "CORRUPT", "--labels", "L"], "corrupt"),
+    "missing file": (["--pred-probs", "/nonexistent.npy", "--labels", "L"], "no such file"),
+    "only one file": (["--pred-probs", "P"], "needs both"),
+    "unknown method": (["--pred-probs", "P", "--labels", "L", "--method", "magic"], "unknown method"),
+    "frac_noise on argmax": (["--pred-probs", "P", "--labels", "L", "--method", "argmax", "--frac-noise", "0.5"], "applies only"),
+    "wrong per-class counts": (["--pred-probs", "P", "--labels", "L", "--num-to-remove-per-class", "1,2"], "needs 3"),
+    "no crossval stage": ([], "no crossval stage yet"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input(tmp_path, cli, files, case):
+    files["CORRUPT"].write_bytes(b"\x93NUMPY\x01\x00garbage")
+    args, match = BAD[case]
+    run = tmp_path / "run"
+    code, out, err = cli("prune", run, *[files.get(a, a) for a in args])
+    assert code == 2
+    assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert not run.exists()
+
+
+def test_stale_crossval_is_refused(tmp_path, cli):
+    run = tmp_path / "r"
+    assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", 0.2)[0] == 0
+    assert cli("crossval", run, "--folds", 3, "--epochs", 2)[0] == 0
+    assert cli("noise", run, "--kind", "symmetric", "--rate", 0.3)[0] == 0  # new labels under crossval
+    code, out, err = cli("prune", run)
+    assert code == 2 and "crossval stage is stale" in err
+    assert not (run / "prune").exists()
+
+
+def test_cl_table2_script_smoke(tmp_path):
+    """The paper's pipeline script end to end on a tiny CIFAR-format fixture, one epoch."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (40, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(40)]}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=2)
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "cl_cifar10_table2.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "NOISES": "0.4", "SPARSITIES": "0.2", "EPOCHS": "1", "DEVICE": "cpu"}
+    proc = subprocess.run(["bash", str(script), str(root), str(tmp_path / "runs")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "noise0.4_sparsity0.2"
+    for m in ("argmax", "cj-only", "cl-pbc", "cl-pbnr", "cl-both"):
+        assert (run / f"prune-{m}" / "keep_mask.npy").is_file()
+    assert "| noise0.4_sparsity0.2 | cl-pbnr |" in proc.stdout
