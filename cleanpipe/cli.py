@@ -94,6 +94,8 @@ def data_spec(
         return None
     if dataset not in SOURCES:
         raise CleanpipeError(f"unknown dataset {dataset!r}; choose one of {', '.join(SOURCES)} (see `cleanpipe datasets`)")
+    if data is not None and not SOURCES[dataset].needs_path:
+        raise CleanpipeError(f"--dataset {dataset} is embedded and takes no --data; drop --data or pick a source that reads files")
     if image_size < 4:
         raise CleanpipeError(f"--image-size must be at least 4, got {image_size}")
     return DataSpec(
@@ -208,6 +210,7 @@ def crossval(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based) as its own job; join later with --combine."),
     combine: bool = typer.Option(False, "--combine", help="Join the finished fold shards into pred_probs.npy."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA; adds ~7-10 s of compilation per fold, so only long runs gain)."),
@@ -237,6 +240,7 @@ def crossval(
     from cleanpipe.run import Run
 
     spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
+    _set_threads(threads)
     with RichProgress(console) as progress:
         stage = run_crossval_stage(
             Run(run_dir), spec=spec, model=model, n_folds=folds, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -346,7 +350,7 @@ def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
 @user_errors
 def run_all(
     run_dir: Path = RunArg,
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="Data source (see `cleanpipe datasets`).", rich_help_panel="Data"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Data source (see `cleanpipe datasets`); default: the run's own, else digits.", rich_help_panel="Data"),
     data: Optional[Path] = DataOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json).", rich_help_panel="Data"),
     kind: str = typer.Option("symmetric", "--kind", "-k", help="Synthetic noise kind, or 'none' for data whose labels are already noisy."),
@@ -355,6 +359,7 @@ def run_all(
     model: str = typer.Option("auto", "--model", "-m", help="Model for cross-validation (see `cleanpipe crossval --help`)."),
     folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
     method: str = typer.Option("prune_by_noise_rate", "--method", help="Label-error method for prune (see `cleanpipe prune --help`)."),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
@@ -363,8 +368,7 @@ def run_all(
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
-    Stages so far: noise (unless --kind none), crossval, prune. Re-running reuses what is
-    current: the noise when its settings match, and every finished fold.
+    Stages so far: noise (unless --kind none), crossval, prune. Re-running reuses what is current: the noise when its settings match, and every finished fold.
 
     Examples:
 
@@ -378,8 +382,16 @@ def run_all(
     from cleanpipe.prune import run_prune_stage
     from cleanpipe.run import Run
 
-    spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
     run = Run(run_dir)
+    noise_man = run.manifest("noise")
+    if run.dataset_json() is None and noise_man is not None:
+        raise CleanpipeError(
+            f"{run_dir} noised a bare label file and has no dataset; `cleanpipe run` needs one: use a new run directory"
+        )
+    if dataset is None and run.dataset_json() is None:
+        dataset = "digits"
+    spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
+    _set_threads(threads)
     with run.transaction():
         if kind == "none":
             _, ds, is_new = run.bind_dataset(spec)
@@ -399,6 +411,16 @@ def run_all(
     )
 
 
+def _set_threads(threads: Optional[int]) -> None:
+    # torch spins a thread per core; on a machine shared with other work, fewer threads are faster.
+    if threads is not None:
+        if threads < 1:
+            raise CleanpipeError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _noise_is_current(run, spec, kind: str, rate: float, seed: int) -> bool:
     man = run.manifest("noise")
     wanted = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
@@ -415,7 +437,7 @@ def _same_spec(run, spec) -> bool:
     from cleanpipe.data import DataSpec
 
     recorded = run.dataset_json()
-    return recorded is not None and DataSpec.from_json(recorded["spec"]) == spec
+    return recorded is not None and (spec is None or DataSpec.from_json(recorded["spec"]) == spec)
 
 
 def entry() -> None:

@@ -181,13 +181,14 @@ def _shard_path(run: Run, fold: int) -> Path:
     return run.path("crossval", SHARDS) / f"fold_{fold}.npz"
 
 
-def save_shard(path: Path, result: FoldResult, key: str) -> None:
+def save_shard(path: Path, result: FoldResult, key: str, settings: CrossvalSettings) -> None:
     """Write one fold's rows and probabilities atomically (plain arrays, no pickle)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     np.savez(
         tmp, rows=result.rows.astype(np.int64), probs=result.probs.astype(np.float32),
         key=np.array(key), seconds=np.array(result.seconds), device=np.array(result.device),
+        settings=np.array(json.dumps(asdict(settings))),
     )
     os.replace(tmp, path)
 
@@ -198,7 +199,9 @@ def load_shard(path: Path) -> dict | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("rows", "probs", "key", "seconds", "device")}
+            out = {k: z[k] for k in ("rows", "probs", "key", "seconds", "device")}
+            out["settings"] = json.loads(str(z["settings"])) if "settings" in z.files else {}
+            return out
     except (OSError, ValueError, KeyError, EOFError):
         return None
 
@@ -250,6 +253,7 @@ def run_crossval_stage(
     from cleanpipe.progress import NullProgress
 
     progress = progress or NullProgress()
+    started = time.perf_counter()
     if fold is not None and combine:
         raise CleanpipeError("--fold and --combine are separate jobs: run each fold with --fold I, then --combine once")
     if model != "auto" and model not in MODELS:
@@ -311,7 +315,7 @@ def run_crossval_stage(
                 ds.X_train, labels, folds, k, settings, ds.n_classes,
                 device=device, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch,
             )
-            save_shard(_shard_path(run, k), result, key)
+            save_shard(_shard_path(run, k), result, key, settings)
             ckpt.unlink(missing_ok=True)
             acc = float(np.mean(result.probs.argmax(1) == labels[result.rows]))
             stage.trained.append(k)
@@ -321,7 +325,7 @@ def run_crossval_stage(
             done = {k for k in range(n_folds) if _valid_shard(load_shard(_shard_path(run, k)), key, rows_of[k])}
             stage.missing = [k for k in range(n_folds) if k not in done]
             return stage
-        stage.manifest = _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, ds.n_classes)
+        stage.manifest = _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, ds.n_classes, started)
         return stage
 
 
@@ -334,7 +338,7 @@ def _noisy_labels(run: Run, n: int) -> np.ndarray:
     return y
 
 
-def _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, n_classes) -> dict:
+def _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, n_classes, started) -> dict:
     shards, missing, foreign = {}, [], []
     for k, rows in rows_of.items():
         shard = load_shard(_shard_path(run, k))
@@ -349,7 +353,10 @@ def _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, n_
         if missing:
             parts.append(f"no shard for fold(s) {', '.join(map(str, missing))}")
         if foreign:
-            parts.append(f"fold(s) {', '.join(map(str, foreign))} were made with other settings or labels")
+            theirs = load_shard(_shard_path(run, foreign[0]))["settings"]
+            diff = [f"{k} {theirs[k]} (now {v})" for k, v in asdict(settings).items() if k in theirs and theirs[k] != v]
+            why = f": {', '.join(diff)}" if diff else " (other labels or data)"
+            parts.append(f"fold(s) {', '.join(map(str, foreign))} were made with other settings{why}")
         raise CleanpipeError(
             f"cannot combine: {'; '.join(parts)}; run `cleanpipe crossval {run.root} --fold I` with the same options for each"
         )
@@ -373,7 +380,7 @@ def _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, n_
     metrics["train_examples_per_second"] = round(
         settings.epochs * (len(labels) * (settings.n_folds - 1)) / max(train_seconds, 1e-9), 1
     )
-    with run.write_stage("crossval", keep=(SHARDS,)) as w:
+    with run.write_stage("crossval", keep=(SHARDS,), started=started) as w:
         for p in inputs:
             w.record_input(p)
         w.save_npy("pred_probs.npy", pred_probs)

@@ -77,7 +77,10 @@ def _read_npy(path: Path, ids, class_names) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
-        raise CleanpipeError(f"labels file {path}: not a plain .npy array of labels ({e})") from None
+        raise CleanpipeError(
+            f"labels file {path}: not a .npy file of plain numbers (text, another format, or pickled objects, "
+            "which cleanpipe never loads); save the labels with numpy.save or use .csv/.json"
+        ) from None
     except (OSError, EOFError) as e:
         raise CleanpipeError(f"labels file {path}: unreadable or corrupt .npy file ({e})") from None
     if not isinstance(arr, np.ndarray) or arr.ndim != 1:

@@ -130,10 +130,10 @@ def _random_trace(K: int, rate: float) -> int:
     return int(np.floor(K * (1.0 - rate) + 0.5 + 1e-9))
 
 
-def _check_args(kind: str, K: int, rate: float, sparsity: float) -> None:
+def _check_args(kind: str, K: int | None, rate: float, sparsity: float) -> None:
     if kind not in KINDS:
         raise CleanpipeError(f"unknown noise kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if K < 2:
+    if K is not None and K < 2:
         raise CleanpipeError(f"noise needs at least 2 classes, got {K}")
     if not (np.isfinite(rate) and 0.0 <= rate <= 1.0):
         raise CleanpipeError(f"--rate must lie in [0, 1], got {rate}")
@@ -141,7 +141,7 @@ def _check_args(kind: str, K: int, rate: float, sparsity: float) -> None:
         raise CleanpipeError(f"--sparsity must lie in [0, 1], got {sparsity}")
     if sparsity and kind != "random":
         raise CleanpipeError("--sparsity applies only to --kind random")
-    if kind == "random" and _random_trace(K, rate) < 1:
+    if kind == "random" and K is not None and _random_trace(K, rate) < 1:
         raise CleanpipeError(
             f"--kind random needs the trace K(1 - rate) to round to at least 1; with K={K} use --rate <= {1 - 0.5 / K:.3g}"
         )
@@ -355,7 +355,7 @@ def run_noise_stage(
     from cleanpipe.labels import read_labels
 
     standalone = spec is None and labels_file is not None
-    _check_args(kind, n_classes or 2, rate, sparsity)  # fail before touching the disk
+    _check_args(kind, n_classes, rate, sparsity)  # fail before touching the disk (K is checked once known)
     if class_map and kind != "asymmetric":
         raise CleanpipeError("--map applies only to --kind asymmetric")
     if n_classes and not standalone:

@@ -38,7 +38,7 @@ class RichProgress(NullProgress):
             TimeRemainingColumn(),
             TextColumn("[dim]{task.fields[note]}"),
             console=console,
-            transient=False,
+            transient=True,  # the stage prints its own summary afterwards
         )
         self.tasks: dict[int, int] = {}
 

@@ -85,7 +85,10 @@ def load_npy(path: Path, *, what: str = "array") -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
-        raise CleanpipeError(f"{path}: not a plain numeric .npy {what} ({e})") from None
+        raise CleanpipeError(
+            f"{path}: not a .npy file of plain numbers (text, another format, or pickled objects, which cleanpipe "
+            f"never loads); save the {what} with numpy.save"
+        ) from None
     except (OSError, EOFError) as e:
         raise CleanpipeError(f"{path}: unreadable or corrupt .npy file ({e})") from None
 
@@ -207,19 +210,29 @@ class Run:
                 shutil.rmtree(self.root, ignore_errors=True)
             raise
 
+    def ensure_root(self) -> None:
+        """Create the run directory, turning an impossible path into one clear error."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CleanpipeError(f"cannot create run directory {self.root}: {e.strerror or e}; choose another path") from None
+
     @contextlib.contextmanager
-    def write_stage(self, stage: str, keep: tuple[str, ...] = ()) -> Iterator[StageWriter]:
+    def write_stage(self, stage: str, keep: tuple[str, ...] = (), started: float | None = None) -> Iterator[StageWriter]:
         """Stage outputs in ``RUN/.STAGE.partial`` and swap them in on success.
 
         On any exception the staging folder is removed and the previous ``RUN/STAGE``
         (if any) is untouched. Sub-folders named in ``keep`` (e.g. crossval's shards)
-        move over from the previous ``RUN/STAGE`` into the new one.
+        move over from the previous ``RUN/STAGE`` into the new one. ``started``
+        (``time.perf_counter()``) dates the manifest's wall time when the work began earlier.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure_root()
         staging = self.root / f".{stage}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         writer = StageWriter(self, stage, staging)
+        if started is not None:  # the stage's work began before its outputs were staged
+            writer.started = started
         try:
             yield writer
             if writer.manifest is None:
@@ -237,6 +250,7 @@ class Run:
 
     def write_dataset(self, spec: "DataSpec", ds: "Dataset") -> None:
         """Record which data this run uses (``dataset.json``), atomically."""
+        self.ensure_root()
         atomic_write_json(self.root / DATASET_JSON, {"spec": spec.to_json(), **ds.summary(), "meta": ds.meta})
 
     def bind_dataset(self, spec: "DataSpec | None") -> tuple["DataSpec", "Dataset", bool]:

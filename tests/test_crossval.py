@@ -188,3 +188,33 @@ def test_kornia_policies_run_on_batches(policy):
     out = Augment(pad=2, flip=True, policy=policy)(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.equal(out, x)
+
+
+def test_run_command_uses_the_runs_own_dataset_and_refuses_label_only_runs(tmp_path, cli, cl_dir):
+    run = tmp_path / "tab"
+    code, out, err = cli("noise", run, "--dataset", "digits", "--split-seed", 3, "--kind", "symmetric", "--rate", 0.2)
+    assert code == 0, err
+    code, out, err = cli("run", run, "--kind", "symmetric", "--rate", 0.2, "--folds", 3)
+    assert code == 0, err
+    assert "noise: up to date" in out  # the recorded dataset (split seed 3), not a default one
+    bare = tmp_path / "bare"
+    assert cli("noise", bare, "--labels", cl_dir / "true_labels.npy", "--kind", "random", "--rate", 0.4)[0] == 0
+    before = (bare / "noise" / "noisy_labels.npy").read_bytes()
+    code, out, err = cli("run", bare)
+    assert code == 2 and "bare label file" in err
+    assert (bare / "noise" / "noisy_labels.npy").read_bytes() == before
+
+
+def test_combine_names_the_settings_that_differ(tmp_path, cli):
+    run = tmp_path / "r"
+    for k in range(2):
+        assert cli("crossval", run, "--dataset", "digits", "--folds", 2, "--epochs", 2, "--fold", k)[0] == 0
+    code, out, err = cli("crossval", run, "--folds", 2, "--combine")
+    assert code == 2 and "epochs 2 (now 20)" in err
+
+
+def test_manifest_wall_time_covers_the_folds(tmp_path, cli):
+    run = tmp_path / "r"
+    assert cli("crossval", run, "--dataset", "digits", "--folds", 2, "--epochs", 3)[0] == 0
+    man = json.loads((run / "crossval" / "manifest.json").read_text())
+    assert man["wall_time_s"] >= man["metrics"]["fold_seconds_total"]

@@ -113,9 +113,9 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "hole.csv").write_text("label,id\n1,a\n,b\n")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     for name, match in [
-        ("bad.npy", "corrupt|not a plain"), ("bad.json", "not valid JSON"), ("bin.json", "cannot read"),
+        ("bad.npy", "corrupt|not a .npy file of plain numbers"), ("bad.json", "not valid JSON"), ("bin.json", "cannot read"),
         ("y.txt", "unknown format .txt"), ("empty.csv", "not a readable CSV"), ("nolabel.csv", "no label column"),
-        ("hole.csv", "rows have no label"), ("obj.npy", "not a plain"), ("none.npy", "no such file"),
+        ("hole.csv", "rows have no label"), ("obj.npy", "not a .npy file of plain numbers"), ("none.npy", "no such file"),
     ]:
         with pytest.raises(CleanpipeError, match=match):
             read_labels(tmp_path / name)

@@ -207,3 +207,21 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--rate must lie in [0, 1]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_random_kind_accepts_high_rates_for_many_classes(tmp_path, cli):
+    # The rate check for `random` must use the dataset's K (10 here), not a placeholder.
+    code, out, err = cli("noise", tmp_path / "r", "--dataset", "digits", "--kind", "random", "--rate", 0.8)
+    assert code == 0, err
+
+
+def test_unwritable_run_directory_is_one_line(tmp_path, cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = cli("noise", blocker / "run", "--dataset", "digits", "--kind", "symmetric", "--rate", 0.2)
+    assert code == 2 and "cannot create run directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_embedded_source_refuses_data_path(tmp_path, cli):
+    code, out, err = cli("noise", tmp_path / "r", "--dataset", "digits", "--data", tmp_path, "--kind", "symmetric", "--rate", 0.2)
+    assert code == 2 and "takes no --data" in err and not (tmp_path / "r").exists()
