@@ -138,6 +138,7 @@ def fit(
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    after_epoch: Callable[[int, list[nn.Module]], None] | None = None,
     checkpoint_every_s: float = 30.0,
 ) -> list[nn.Module]:
     """Train ``nets`` on ``data[rows]`` with ``labels[rows]``.
@@ -161,6 +162,8 @@ def fit(
     on_epoch : callable(epoch, metrics), optional
         Called after each epoch with ``loss`` and ``train_accuracy`` (on the given labels).
     on_batch : callable(step_in_epoch, steps_per_epoch), optional
+    after_epoch : callable(epoch, nets), optional
+        Sees the networks after each epoch (e.g. to keep the best one on a validation set).
 
     Returns
     -------
@@ -221,6 +224,8 @@ def fit(
             seen += len(idx)
             if on_batch is not None and ((s + 1) % report_every == 0 or s + 1 == steps_per_epoch):
                 on_batch(s + 1, steps_per_epoch)
+        if after_epoch is not None:
+            after_epoch(epoch, nets)
         metrics = {"loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen, "lr": lr}
         metrics.update(method.epoch_metrics())
         if checkpoint is not None and epoch + 1 < cfg.epochs and time.monotonic() - last_save >= checkpoint_every_s:
