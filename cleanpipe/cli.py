@@ -283,6 +283,12 @@ def prune(
     num_to_remove_per_class: Optional[str] = typer.Option(None, "--num-to-remove-per-class", help="K comma-separated counts (noise-rate, class and both methods)."),
     rank_by: str = typer.Option("self_confidence", "--rank-by", help="Order of the report: self_confidence | normalized_margin | confidence_weighted_entropy"),
     top: int = typer.Option(10, "--top", help="How many of the most suspicious examples to show."),
+    iterations: int = typer.Option(4, "--iterations", help="incv: selection iterations (2 models each).", rich_help_panel="INCV"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="incv: epochs per model (default: crossval's per dataset).", rich_help_panel="INCV"),
+    model: str = typer.Option("auto", "--model", help="incv: the network (see crossval).", rich_help_panel="INCV"),
+    seed: int = typer.Option(0, "--seed", help="incv: seed of halves and models.", rich_help_panel="INCV"),
+    device: str = typer.Option("auto", "--device", help="incv: auto | cpu | cuda", rich_help_panel="INCV"),
+    noise_pattern: str = typer.Option("auto", "--noise-pattern", help="incv: symmetric noise discards high-loss examples; auto reads the run's noise kind.", rich_help_panel="INCV"),
 ) -> None:
     """Find label errors with confident learning (cleanlab): masks and a ranked CSV report.
 
@@ -294,7 +300,10 @@ def prune(
       [bold]cleanpipe prune runs/demo[/]   (after noise and crossval)
 
       [bold]cleanpipe prune runs/cl --pred-probs pred_probs.npy --labels noisy_labels.npy --true-labels true_labels.npy --method cl-pbnr[/]
+
+      [bold]cleanpipe prune runs/demo --method incv --iterations 4[/]   (INCV: trains its own models, no crossval needed)
     """
+    from cleanpipe.progress import RichProgress
     from cleanpipe.prune import run_prune_stage
     from cleanpipe.run import Run
 
@@ -304,10 +313,13 @@ def prune(
             counts = [int(c) for c in num_to_remove_per_class.split(",")]
         except ValueError:
             raise CleanpipeError("--num-to-remove-per-class takes comma-separated whole numbers, e.g. 10,10,5") from None
-    stage = run_prune_stage(
-        Run(run_dir), method=method, pred_probs_file=pred_probs, labels_file=labels, true_labels_file=true_labels,
-        frac_noise=frac_noise, num_to_remove_per_class=counts, rank_by=rank_by,
-    )
+    incv = {"iterations": iterations, "epochs": epochs, "model": model, "seed": seed, "device": device,
+            "pattern": noise_pattern}
+    with RichProgress(console) as progress:
+        stage = run_prune_stage(
+            Run(run_dir), method=method, pred_probs_file=pred_probs, labels_file=labels, true_labels_file=true_labels,
+            frac_noise=frac_noise, num_to_remove_per_class=counts, rank_by=rank_by, incv=incv, progress=progress,
+        )
     print_prune_summary(run_dir, stage, top)
 
 
@@ -320,6 +332,13 @@ def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
         f"({m['n_issues'] / max(m['n'], 1):.1%}); estimated noise rate {m['estimated_noise_rate']:.1%}"
         + (f", true {m['true_noise_rate']:.1%}" if "true_noise_rate" in m else "")
     )
+    if "eval_ratio" in m:
+        console.print(
+            f"INCV: {m['n_selected']:,} selected, {m['n_candidates']:,} candidates, {m['n_discarded']:,} discarded; "
+            f"estimated noise rate {m['eval_ratio']:.3f}"
+            + (f"; label precision [bold]{m['label_precision']:.3f}[/], label recall [bold]{m['label_recall']:.3f}[/]"
+               if "label_precision" in m else "")
+        )
     if "f1" in m:
         auroc = f", AUROC of label quality {m['auroc']:.3f}" if m.get("auroc") is not None else ""
         console.print(

@@ -75,8 +75,8 @@ def _file_inputs(pred_probs_file: Path, labels_file: Path, true_labels_file: Pat
     return PruneInputs(labels, pred_probs, truth, np.arange(n).astype(str), [str(c) for c in range(k)], files)
 
 
-def build_report(inputs: PruneInputs, det: Detection):
-    """The per-example table, worst first (see DESIGN.md's ``label_issues.csv``)."""
+def build_report(inputs: PruneInputs, det: Detection, extra_columns: dict | None = None):
+    """The per-example table, worst first (see DESIGN.md's ``label_issues.csv``); INCV adds its sets."""
     import pandas as pd
 
     names = inputs.class_names
@@ -94,6 +94,7 @@ def build_report(inputs: PruneInputs, det: Detection):
         if named:
             cols["true_class"] = np.asarray(names, dtype=object)[inputs.true_labels]
         cols["is_true_error"] = inputs.labels != inputs.true_labels
+    cols.update(extra_columns or {})
     return pd.DataFrame(cols).iloc[det.order].reset_index(drop=True)
 
 
@@ -107,6 +108,8 @@ def run_prune_stage(
     frac_noise: float = 1.0,
     num_to_remove_per_class: list[int] | None = None,
     rank_by: str = "self_confidence",
+    incv: dict | None = None,
+    progress=None,
 ) -> PruneStage:
     """Find label errors and write ``RUN/prune/``.
 
@@ -114,13 +117,20 @@ def run_prune_stage(
     ----------
     run : Run
     method : str
-        A cleanlab ``filter_by`` name or a paper alias (``cl-pbnr``, ``cl-pbc``, ``cl-both``,
-        ``cj-only``, ``argmax``).
+        A cleanlab ``filter_by`` name, a paper alias (``cl-pbnr``, ``cl-pbc``, ``cl-both``,
+        ``cj-only``, ``argmax``), or ``incv``.
     pred_probs_file, labels_file, true_labels_file : Path, optional
         The standalone form: out-of-sample probabilities (.npy, N x K) and labels from anywhere.
     frac_noise, num_to_remove_per_class, rank_by
         Passed to :func:`cleanpipe.detect.confident.find_issues`.
+    incv : dict, optional
+        INCV's options: ``iterations``, ``epochs``, ``model``, ``seed``, ``device``, ``pattern``
+        (``auto``, ``symmetric`` or ``asymmetric``).
     """
+    if method == "incv":
+        if pred_probs_file is not None or labels_file is not None:
+            raise CleanpipeError("--method incv trains its own models on the run's data; it has no standalone form")
+        return _run_incv_stage(run, incv or {}, progress)
     canonical = canonical_method(method)  # unknown methods fail before anything is read
     if (pred_probs_file is None) != (labels_file is None):
         raise CleanpipeError("the standalone form needs both --pred-probs FILE and --labels FILE")
@@ -136,42 +146,100 @@ def run_prune_stage(
             inputs.labels, inputs.pred_probs, canonical, frac_noise=frac_noise,
             num_to_remove_per_class=num_to_remove_per_class, rank_by=rank_by,
         )
-        report = build_report(inputs, det)
-        K = inputs.pred_probs.shape[1]
-        metrics = {
-            "n_issues": int(det.issue_mask.sum()),
-            "n": int(len(inputs.labels)),
-            "issues_per_class": np.bincount(inputs.labels[det.issue_mask], minlength=K).tolist(),
-            "estimated_noise_rate": round(det.estimated_noise_rate, 6),
-            "estimated_noise_matrix": np.round(det.noise_matrix, 6).tolist(),
+        parameters = {
+            "method": canonical,
+            "alias": method if method in ALIASES else None,
+            "frac_noise": frac_noise,
+            "num_to_remove_per_class": num_to_remove_per_class,
+            "rank_by": rank_by,
+            "standalone": pred_probs_file is not None,
+            "renormalised": inputs.note,
         }
-        if inputs.true_labels is not None:
-            errors = inputs.labels != inputs.true_labels
-            m = detection_metrics(det.issue_mask, errors)
-            auroc = error_auroc(det.label_quality, errors)
-            metrics.update({
-                "true_noise_rate": round(float(errors.mean()), 6),
-                "precision": round(m["precision"], 6),
-                "recall": round(m["recall"], 6),
-                "f1": round(m["f1"], 6),
-                "auroc": None if auroc is None else round(auroc, 6),
-            })
-        with run.write_stage("prune") as w:
-            for p in inputs.input_files:
-                w.record_input(p)
-            w.save_npy("issue_mask.npy", det.issue_mask)
-            w.save_npy("keep_mask.npy", ~det.issue_mask)
-            report.to_csv(w.path("label_issues.csv"), index=False)
-            manifest = w.finish(
-                parameters={
-                    "method": canonical,
-                    "alias": method if method in ALIASES else None,
-                    "frac_noise": frac_noise,
-                    "num_to_remove_per_class": num_to_remove_per_class,
-                    "rank_by": rank_by,
-                    "standalone": pred_probs_file is not None,
-                    "renormalised": inputs.note,
-                },
-                metrics=metrics,
-            )
-    return PruneStage(det, inputs, canonical, manifest, report)
+        return _write_prune(run, inputs, det, canonical, parameters)
+
+
+def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, parameters: dict,
+                 extra_columns: dict | None = None, extra_metrics: dict | None = None) -> PruneStage:
+    report = build_report(inputs, det, extra_columns)
+    K = inputs.pred_probs.shape[1]
+    metrics = {
+        "n_issues": int(det.issue_mask.sum()),
+        "n": int(len(inputs.labels)),
+        "issues_per_class": np.bincount(inputs.labels[det.issue_mask], minlength=K).tolist(),
+        "estimated_noise_rate": round(det.estimated_noise_rate, 6),
+        "estimated_noise_matrix": np.round(det.noise_matrix, 6).tolist(),
+    }
+    if inputs.true_labels is not None:
+        errors = inputs.labels != inputs.true_labels
+        m = detection_metrics(det.issue_mask, errors)
+        auroc = error_auroc(det.label_quality, errors)
+        metrics.update({
+            "true_noise_rate": round(float(errors.mean()), 6),
+            "precision": round(m["precision"], 6),
+            "recall": round(m["recall"], 6),
+            "f1": round(m["f1"], 6),
+            "auroc": None if auroc is None else round(auroc, 6),
+        })
+    metrics.update(extra_metrics or {})
+    with run.write_stage("prune") as w:
+        for p in inputs.input_files:
+            w.record_input(p)
+        w.save_npy("issue_mask.npy", det.issue_mask)
+        w.save_npy("keep_mask.npy", ~det.issue_mask)
+        report.to_csv(w.path("label_issues.csv"), index=False)
+        manifest = w.finish(parameters=parameters, metrics=metrics)
+    return PruneStage(det, inputs, method, manifest, report)
+
+
+def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    from cleanpipe.crossval import default_settings
+    from cleanpipe.detect.incv import incv_select
+    from cleanpipe.engine import resolve_device
+
+    pattern = opts.get("pattern", "auto")
+    if pattern not in ("auto", "symmetric", "asymmetric"):
+        raise CleanpipeError(f"--noise-pattern must be auto, symmetric or asymmetric, got {pattern!r}")
+    iterations = int(opts.get("iterations", 4))
+    if iterations < 1:
+        raise CleanpipeError(f"--iterations must be at least 1, got {iterations}")
+    resolve_device(opts.get("device", "auto"))
+    with run.transaction():
+        spec, ds, _ = run.bind_dataset(None)
+        files = [run.root / "dataset.json"]
+        truth, kind = None, None
+        if run.has("noise"):
+            noise = run.require("noise")
+            labels = load_npy(run.path("noise", "noisy_labels.npy"), what="label vector").astype(np.int64)
+            files.append(run.path("noise", "noisy_labels.npy"))
+            truth, kind = ds.y_train, noise["parameters"]["kind"]
+        else:
+            labels = ds.y_train
+        symmetric = pattern == "symmetric" or (pattern == "auto" and kind not in ("asymmetric", "pairflip"))
+        settings = default_settings(ds.input_shape, spec.source, opts.get("model", "auto"),
+                                    epochs=opts.get("epochs"), seed=opts.get("seed", 0))
+        result = incv_select(ds.X_train, labels, ds.n_classes, settings, iterations=iterations, symmetric=symmetric,
+                             device=opts.get("device", "auto"), true_labels=truth, progress=progress)
+        probs = result.probs
+        quality = probs[np.arange(len(labels)), labels].astype(np.float64)
+        issue = ~result.select
+        _, noise_matrix, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, probs)
+        det = Detection(
+            issue_mask=issue, label_quality=quality, suggested_label=probs.argmax(1).astype(np.int64),
+            order=np.lexsort((np.arange(len(labels)), quality, ~issue)).astype(np.int64),
+            noise_matrix=np.asarray(noise_matrix, dtype=np.float64), estimated_noise_rate=result.eval_ratio,
+        )
+        inputs = PruneInputs(labels, probs, truth, np.asarray(ds.ids_train), list(ds.class_names), files)
+        extra_cols = {"select": result.select, "candidate": result.candidate, "discarded": result.discarded,
+                      "eval_ratio": np.full(len(labels), round(result.eval_ratio, 6))}
+        extra_metrics = {"eval_ratio": result.eval_ratio, "iterations": result.iterations,
+                         "n_selected": int(result.select.sum()), "n_candidates": int(result.candidate.sum()),
+                         "n_discarded": int(result.discarded.sum())}
+        if truth is not None and result.select.any():
+            clean = labels == truth
+            extra_metrics["label_precision"] = round(float(clean[result.select].mean()), 6)
+            extra_metrics["label_recall"] = round(float(clean[result.select].sum() / max(clean.sum(), 1)), 6)
+        parameters = {"method": "incv", "iterations": iterations, "symmetric": symmetric, **{
+            k: v for k, v in settings.__dict__.items() if k in ("model", "epochs", "batch_size", "lr", "seed")}}
+        return _write_prune(run, inputs, det, "incv", parameters, extra_cols, extra_metrics)

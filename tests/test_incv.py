@@ -36,3 +36,31 @@ def test_digits_selection_is_much_cleaner_and_reproducible():
     assert not (a.select & a.candidate).any() and not (a.select & a.discarded).any()
     assert a.iterations[-1]["label_precision"] == pytest.approx(clean[a.select].mean(), abs=1e-6)
     assert 0.2 <= a.eval_ratio <= 0.7
+
+
+def test_prune_method_incv_writes_the_standard_outputs_and_incv_columns(tmp_path, cli):
+    import json
+
+    import pandas as pd
+
+    run = tmp_path / "r"
+    assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", 0.4)[0] == 0
+    code, out, err = cli("prune", run, "--method", "incv", "--epochs", 8, "--iterations", 2, "--device", "cpu")
+    assert code == 0, err
+    keep = np.load(run / "prune" / "keep_mask.npy")
+    report = pd.read_csv(run / "prune" / "label_issues.csv")
+    for col in ("select", "candidate", "discarded", "eval_ratio"):
+        assert col in report.columns
+    assert keep.sum() == report["select"].sum()
+    m = json.loads((run / "prune" / "manifest.json").read_text())["metrics"]
+    # The selected set is far cleaner than the input: at most half its noise rate (input: 0.4).
+    assert len(m["iterations"]) == 2 and 1 - m["label_precision"] <= 0.5 * m["true_noise_rate"]
+    assert {"precision", "recall", "f1"} <= set(m)
+    assert "INCV:" in out
+
+
+def test_incv_has_no_standalone_form(tmp_path, cli):
+    p = tmp_path / "p.npy"
+    np.save(p, np.full((4, 2), 0.5))
+    code, out, err = cli("prune", tmp_path / "r", "--method", "incv", "--pred-probs", p, "--labels", p)
+    assert code == 2 and "no standalone form" in err and not (tmp_path / "r").exists()

@@ -59,6 +59,8 @@ class IncvResult:
         bool (N,): discarded as high-loss (symmetric-like noise only).
     eval_ratio : float
         The estimated noise rate ε̂.
+    probs : np.ndarray
+        float32 (N, K): each example's probabilities from the last model that held it out.
     iterations : list of dict
         Per iteration: sizes of S, C, D and, with the truth, label precision and recall.
     """
@@ -67,6 +69,7 @@ class IncvResult:
     candidate: np.ndarray
     discarded: np.ndarray
     eval_ratio: float
+    probs: np.ndarray
     iterations: list[dict] = field(default_factory=list)
 
 
@@ -126,6 +129,7 @@ def incv_select(
     select = np.zeros(n, dtype=bool)
     candidate = np.ones(n, dtype=bool)
     discarded = np.zeros(n, dtype=bool)
+    last_probs = np.full((n, n_classes), 1.0 / n_classes, dtype=np.float32)
     eps, ratio, save_best = None, 0.0, iterations
     history: list[dict] = []
     progress.start("INCV models", 2 * iterations, level=0)
@@ -164,6 +168,7 @@ def incv_select(
         for train_half, held in ((halves[0], halves[1]), (halves[1], halves[0])):
             train_rows = np.union1d(np.flatnonzero(select), train_half)
             probs = score(train_rows, held, keep_best)
+            last_probs[held] = probs
             hit = probs.argmax(1) == labels[held]
             if eps is None:
                 eps = noise_rate_from_hit_rate(float(hit.mean()), n_classes)
@@ -194,4 +199,4 @@ def incv_select(
     discarded &= ~select
     if not symmetric:
         discarded[:] = False
-    return IncvResult(select, candidate, discarded, float(eps if eps is not None else 0.0), history)
+    return IncvResult(select, candidate, discarded, float(eps if eps is not None else 0.0), last_probs, history)
