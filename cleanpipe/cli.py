@@ -284,7 +284,7 @@ def prune(
     rank_by: str = typer.Option("self_confidence", "--rank-by", help="Order of the report: self_confidence | normalized_margin | confidence_weighted_entropy"),
     top: int = typer.Option(10, "--top", help="How many of the most suspicious examples to show."),
     iterations: int = typer.Option(4, "--iterations", help="incv: selection iterations (2 models each).", rich_help_panel="INCV"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="incv: epochs per model (default: crossval's per dataset).", rich_help_panel="INCV"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="incv: epochs per model (default 20, fitted without augmentation as INCV's theory assumes).", rich_help_panel="INCV"),
     model: str = typer.Option("auto", "--model", help="incv: the network (see crossval).", rich_help_panel="INCV"),
     seed: int = typer.Option(0, "--seed", help="incv: seed of halves and models.", rich_help_panel="INCV"),
     device: str = typer.Option("auto", "--device", help="incv: auto | cpu | cuda", rich_help_panel="INCV"),

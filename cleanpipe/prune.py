@@ -17,6 +17,8 @@ from cleanpipe.errors import CleanpipeError
 from cleanpipe.metrics import detection_metrics, error_auroc
 from cleanpipe.run import Run, load_npy
 
+INCV_EPOCHS = 20
+
 
 @dataclass
 class PruneInputs:
@@ -217,8 +219,9 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
         else:
             labels = ds.y_train
         symmetric = pattern == "symmetric" or (pattern == "auto" and kind not in ("asymmetric", "pairflip"))
+        # INCV's models fit the noisy labels for 20 epochs by default (see cleanpipe.detect.incv).
         settings = default_settings(ds.input_shape, spec.source, opts.get("model", "auto"),
-                                    epochs=opts.get("epochs"), seed=opts.get("seed", 0))
+                                    epochs=opts.get("epochs") or INCV_EPOCHS, seed=opts.get("seed", 0))
         result = incv_select(ds.X_train, labels, ds.n_classes, settings, iterations=iterations, symmetric=symmetric,
                              device=opts.get("device", "auto"), true_labels=truth, progress=progress)
         probs = result.probs
