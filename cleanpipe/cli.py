@@ -10,7 +10,6 @@ import functools
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table

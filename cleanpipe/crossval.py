@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run, file_digest
+from cleanpipe.run import Run
 
 SHARDS = "shards"
 
@@ -73,6 +72,14 @@ class CrossvalSettings:
     flip: bool = False
     seed: int = 0
     compile: bool = False
+
+    def train_config(self, seed: int, **overrides):
+        """The engine's TrainConfig for these settings (flip augmentation implies flip averaging)."""
+        from cleanpipe.engine import TrainConfig
+
+        base = dict(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                    flip=self.flip, tta_flip=self.flip, compile=self.compile, seed=seed)
+        return TrainConfig(**{**base, **overrides})
 
     def key(self, labels: np.ndarray, fingerprint: str) -> str:
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
@@ -149,7 +156,7 @@ def train_fold(
     """
     import torch
 
-    from cleanpipe.engine import DeviceData, TrainConfig, device_name, fit, predict_proba, resolve_device
+    from cleanpipe.engine import DeviceData, device_name, fit, predict_proba, resolve_device
     from cleanpipe.models import build_model
 
     train_rows = np.flatnonzero(folds != fold)
@@ -164,10 +171,7 @@ def train_fold(
         probs[:, model.classes_] = model.predict_proba(X[test_rows])
         return FoldResult(fold, test_rows, probs, time.perf_counter() - t0, "cpu (scikit-learn)")
     dev = resolve_device(device)
-    cfg = TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, optimizer=settings.optimizer, lr=settings.lr,
-        flip=settings.flip, tta_flip=settings.flip, compile=settings.compile, seed=seed,
-    )
+    cfg = settings.train_config(seed)
     data = DeviceData(X, dev, fit_rows=train_rows)
     nets = fit(model, data, labels, train_rows, cfg, checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch)
     probs = predict_proba(nets, data, test_rows, cfg)

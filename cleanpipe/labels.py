@@ -76,7 +76,7 @@ def read_labels(
 def _read_npy(path: Path, ids, class_names) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except ValueError:
         raise CleanpipeError(
             f"labels file {path}: not a .npy file of plain numbers (text, another format, or pickled objects, "
             "which cleanpipe never loads); save the labels with numpy.save or use .csv/.json"

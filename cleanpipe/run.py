@@ -84,7 +84,7 @@ def load_npy(path: Path, *, what: str = "array") -> np.ndarray:
         raise CleanpipeError(f"{path}: no such file")
     try:
         return np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except ValueError:
         raise CleanpipeError(
             f"{path}: not a .npy file of plain numbers (text, another format, or pickled objects, which cleanpipe "
             f"never loads); save the {what} with numpy.save"

@@ -152,7 +152,6 @@ def test_mnist_clean_four_fold(tmp_path, cli, mnist_dir):
 
 @pytest.mark.parametrize("model", ["mlp", "logreg"])
 def test_table_data(tmp_path, cli, model):
-    import pandas as pd
     from sklearn.datasets import load_wine
 
     wine = load_wine(as_frame=True).frame

@@ -112,7 +112,7 @@ def incv_select(
     """
     import torch
 
-    from cleanpipe.engine import DeviceData, TrainConfig, fit, predict_proba, resolve_device
+    from cleanpipe.engine import DeviceData, fit, predict_proba, resolve_device
     from cleanpipe.models import build_model
     from cleanpipe.progress import NullProgress
 
@@ -124,10 +124,7 @@ def incv_select(
     n = len(labels)
     rng = np.random.default_rng(settings.seed)
     # Fit the noisy labels, as INCV's theory assumes: no augmentation, no weight decay.
-    cfg = TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, optimizer=settings.optimizer, lr=settings.lr,
-        augment=False, weight_decay=0.0, tta_flip=False, compile=settings.compile, seed=settings.seed,
-    )
+    cfg = settings.train_config(settings.seed, augment=False, weight_decay=0.0, flip=False, tta_flip=False)
     torch.manual_seed(settings.seed)
     init = build_model(settings.model, tuple(X.shape[1:]), n_classes)
     if not isinstance(init, torch.nn.Module):
