@@ -202,7 +202,7 @@ def print_noise_summary(run_dir: Path, stage) -> None:
 @user_errors
 def crossval(
     run_dir: Path = RunArg,
-    model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | mlp | logreg"),
+    model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | resnet32 | mlp | logreg"),
     folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold (default per dataset: digits 20, 28x28 grey 3, colour 30, tables 40)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per dataset)."),

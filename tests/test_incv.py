@@ -64,3 +64,21 @@ def test_incv_has_no_standalone_form(tmp_path, cli):
     np.save(p, np.full((4, 2), 0.5))
     code, out, err = cli("prune", tmp_path / "r", "--method", "incv", "--pred-probs", p, "--labels", p)
     assert code == 2 and "no standalone form" in err and not (tmp_path / "r").exists()
+
+
+def test_incv_cifar10_script_smoke(tmp_path, tiny_cifar10):
+    """INCV's CIFAR-10 script with the paper's ResNet-32 on a tiny CIFAR-format fixture, one epoch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "incv_cifar10.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "CONDITIONS": "symmetric:0.5 pairflip:0.4", "EPOCHS": "1",
+           "ITERATIONS": "1", "DEVICE": "cpu"}
+    proc = subprocess.run(["bash", str(script), str(tiny_cifar10), str(tmp_path / "runs")], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("symmetric0.5", "pairflip0.4"):
+        assert (tmp_path / "runs" / name / "prune" / "keep_mask.npy").is_file()
+    assert "| symmetric0.5 |" in proc.stdout and "| pairflip0.4 |" in proc.stdout

@@ -137,23 +137,14 @@ def test_stale_crossval_is_refused(tmp_path, cli):
     assert not (run / "prune").exists()
 
 
-def test_cl_table2_script_smoke(tmp_path):
+def test_cl_table2_script_smoke(tmp_path, tiny_cifar10):
     """The paper's pipeline script end to end on a tiny CIFAR-format fixture, one epoch."""
     import os
-    import pickle
     import subprocess
     import sys
     from pathlib import Path
 
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (40, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(40)]}
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(root / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=2)
+    root = tiny_cifar10
     script = Path(__file__).resolve().parents[1] / "pipelines" / "cl_cifar10_table2.sh"
     env = {**os.environ, "PYTHON": sys.executable, "NOISES": "0.4", "SPARSITIES": "0.2", "EPOCHS": "1", "DEVICE": "cpu"}
     proc = subprocess.run(["bash", str(script), str(root), str(tmp_path / "runs")], capture_output=True, text=True,

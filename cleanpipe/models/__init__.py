@@ -41,6 +41,12 @@ def _preact18(shape, k):
     return PreActResNet18(shape[0], k)
 
 
+def _resnet32(shape, k):
+    from cleanpipe.models.nets import ResNet32
+
+    return ResNet32(shape[0], k)
+
+
 def _mlp(shape, k):
     from cleanpipe.models.nets import MLP
 
@@ -59,6 +65,7 @@ MODELS: dict[str, ModelInfo] = {
     "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images"),
     "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images"),
     "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
+    "resnet32": ModelInfo(_resnet32, "image", "the CIFAR ResNet-32 of INCV (3 x 5 basic blocks, 16/32/64 channels)"),
     "mlp": ModelInfo(_mlp, "table", "2 hidden layers of 256 with BatchNorm and dropout, for tables/features"),
     "logreg": ModelInfo(_logreg, "table", "scikit-learn logistic regression (standardised features)"),
 }
