@@ -185,16 +185,17 @@ def _shard_path(run: Run, fold: int) -> Path:
     return run.path("crossval", SHARDS) / f"fold_{fold}.npz"
 
 
-def save_shard(path: Path, result: FoldResult, key: str, settings: CrossvalSettings) -> None:
-    """Write one fold's rows and probabilities atomically (plain arrays, no pickle)."""
+def save_shard(path: Path, result: FoldResult, key: str, settings: CrossvalSettings) -> dict:
+    """Write one fold's rows and probabilities atomically (plain arrays, no pickle); return it as :func:`load_shard` would."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(
-        tmp, rows=result.rows.astype(np.int64), probs=result.probs.astype(np.float32),
-        key=np.array(key), seconds=np.array(result.seconds), device=np.array(result.device),
-        settings=np.array(json.dumps(asdict(settings))),
-    )
+    shard = {
+        "rows": result.rows.astype(np.int64), "probs": result.probs.astype(np.float32), "key": np.array(key),
+        "seconds": np.array(result.seconds), "device": np.array(result.device),
+    }
+    np.savez(tmp, **shard, settings=np.array(json.dumps(asdict(settings))))
     os.replace(tmp, path)
+    return {**shard, "settings": asdict(settings)}
 
 
 def load_shard(path: Path) -> dict | None:
@@ -227,7 +228,6 @@ class CrossvalStage:
     reused: list[int]
     manifest: dict | None = None  # None after a single --fold job
     missing: list[int] = field(default_factory=list)
-    fold_accuracy: dict[int, float] = field(default_factory=dict)
 
 
 def run_crossval_stage(
@@ -271,15 +271,7 @@ def run_crossval_stage(
 
     with run.transaction():
         spec, ds, is_new = run.bind_dataset(spec)
-        inputs = [run.root / "dataset.json"]
-        true_labels = None
-        if run.has("noise"):
-            run.require("noise")
-            labels = _noisy_labels(run, len(ds.y_train))
-            inputs.append(run.path("noise", "noisy_labels.npy"))
-            true_labels = ds.y_train
-        else:
-            labels = ds.y_train
+        labels, true_labels, inputs = run.training_labels(ds)
         settings = default_settings(
             ds.input_shape, spec.source, model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, compile=compile
         )
@@ -293,7 +285,8 @@ def run_crossval_stage(
         key = settings.key(labels, ds.fingerprint())
 
         rows_of = {k: np.flatnonzero(folds == k) for k in range(n_folds)}
-        valid = {k for k in range(n_folds) if _valid_shard(load_shard(_shard_path(run, k)), key, rows_of[k])}
+        shards = {k: load_shard(_shard_path(run, k)) for k in range(n_folds)}  # each read once
+        valid = {k for k in range(n_folds) if _valid_shard(shards[k], key, rows_of[k])}
         todo = [fold] if fold is not None else ([] if combine else [k for k in range(n_folds) if k not in valid])
         stage = CrossvalStage(settings, n_folds, trained=[], reused=sorted(valid - set(todo)))
 
@@ -319,33 +312,24 @@ def run_crossval_stage(
                 ds.X_train, labels, folds, k, settings, ds.n_classes,
                 device=device, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch,
             )
-            save_shard(_shard_path(run, k), result, key, settings)
+            shards[k] = save_shard(_shard_path(run, k), result, key, settings)
             ckpt.unlink(missing_ok=True)
             acc = float(np.mean(result.probs.argmax(1) == labels[result.rows]))
             stage.trained.append(k)
-            stage.fold_accuracy[k] = acc
             progress.advance(0, note=f"fold {k}: acc {acc:.3f} in {result.seconds:.1f}s")
         if fold is not None:
-            done = {k for k in range(n_folds) if _valid_shard(load_shard(_shard_path(run, k)), key, rows_of[k])}
-            stage.missing = [k for k in range(n_folds) if k not in done]
+            stage.missing = [k for k in range(n_folds) if not _valid_shard(shards[k], key, rows_of[k])]
             return stage
-        stage.manifest = _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, ds.n_classes, started)
+        stage.manifest = _combine(
+            run, settings, key, labels, true_labels, folds, rows_of, shards, inputs, ds.n_classes, started
+        )
         return stage
 
 
-def _noisy_labels(run: Run, n: int) -> np.ndarray:
-    from cleanpipe.run import load_npy
-
-    y = load_npy(run.path("noise", "noisy_labels.npy"), what="label vector").astype(np.int64)
-    if y.shape != (n,):
-        raise CleanpipeError(f"{run.root}/noise/noisy_labels.npy does not fit the dataset; re-run `cleanpipe noise`")
-    return y
-
-
-def _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, n_classes, started) -> dict:
+def _combine(run, settings, key, labels, true_labels, folds, rows_of, loaded, inputs, n_classes, started) -> dict:
     shards, missing, foreign = {}, [], []
     for k, rows in rows_of.items():
-        shard = load_shard(_shard_path(run, k))
+        shard = loaded[k]
         if shard is None:
             missing.append(k)
         elif not _valid_shard(shard, key, rows):
@@ -357,7 +341,7 @@ def _combine(run, settings, key, labels, true_labels, folds, rows_of, inputs, n_
         if missing:
             parts.append(f"no shard for fold(s) {', '.join(map(str, missing))}")
         if foreign:
-            theirs = load_shard(_shard_path(run, foreign[0]))["settings"]
+            theirs = loaded[foreign[0]]["settings"]
             diff = [f"{k} {theirs[k]} (now {v})" for k, v in asdict(settings).items() if k in theirs and theirs[k] != v]
             why = f": {', '.join(diff)}" if diff else " (other labels or data)"
             parts.append(f"fold(s) {', '.join(map(str, foreign))} were made with other settings{why}")

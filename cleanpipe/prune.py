@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanpipe.detect.confident import ALIASES, Detection, canonical_method, find_issues, validate_inputs
+from cleanpipe.detect.confident import ALIASES, Detection, canonical_method, find_issues, validate_inputs, worst_first
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.metrics import detection_metrics, error_auroc
 from cleanpipe.run import Run, load_npy
@@ -48,13 +48,8 @@ def _run_inputs(run: Run) -> PruneInputs:
     run.require("crossval", hint=f"cleanpipe crossval {run.root}")
     _, ds, _ = run.bind_dataset(None)
     pred_probs = load_npy(run.path("crossval", "pred_probs.npy"), what="pred_probs")
-    files = [run.path("crossval", "pred_probs.npy")]
-    if run.has("noise"):
-        labels = load_npy(run.path("noise", "noisy_labels.npy"), what="label vector").astype(np.int64)
-        files.append(run.path("noise", "noisy_labels.npy"))
-        truth = ds.y_train
-    else:
-        labels, truth = ds.y_train, None
+    labels, truth, files = run.training_labels(ds)
+    files = [run.path("crossval", "pred_probs.npy"), *files]
     if len(labels) != len(pred_probs):
         raise CleanpipeError(f"{run.root}: crossval is stale ({len(pred_probs)} rows for {len(labels)} labels); re-run crossval")
     return PruneInputs(labels, pred_probs, truth, np.asarray(ds.ids_train), list(ds.class_names), files)
@@ -209,15 +204,8 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
     resolve_device(opts.get("device", "auto"))
     with run.transaction():
         spec, ds, _ = run.bind_dataset(None)
-        files = [run.root / "dataset.json"]
-        truth, kind = None, None
-        if run.has("noise"):
-            noise = run.require("noise")
-            labels = load_npy(run.path("noise", "noisy_labels.npy"), what="label vector").astype(np.int64)
-            files.append(run.path("noise", "noisy_labels.npy"))
-            truth, kind = ds.y_train, noise["parameters"]["kind"]
-        else:
-            labels = ds.y_train
+        labels, truth, files = run.training_labels(ds)
+        kind = run.manifest("noise")["parameters"]["kind"] if truth is not None else None
         symmetric = pattern == "symmetric" or (pattern == "auto" and kind not in ("asymmetric", "pairflip"))
         # INCV's models fit the noisy labels for 20 epochs by default (see cleanpipe.detect.incv).
         settings = default_settings(ds.input_shape, spec.source, opts.get("model", "auto"),
@@ -230,7 +218,7 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
         _, noise_matrix, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, probs)
         det = Detection(
             issue_mask=issue, label_quality=quality, suggested_label=probs.argmax(1).astype(np.int64),
-            order=np.lexsort((np.arange(len(labels)), quality, ~issue)).astype(np.int64),
+            order=worst_first(issue, quality),
             noise_matrix=np.asarray(noise_matrix, dtype=np.float64), estimated_noise_rate=result.eval_ratio,
         )
         inputs = PruneInputs(labels, probs, truth, np.asarray(ds.ids_train), list(ds.class_names), files)

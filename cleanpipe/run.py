@@ -297,6 +297,22 @@ class Run:
         p = self.root / DATASET_JSON
         return read_json(p) if p.is_file() else None
 
+    def training_labels(self, ds: "Dataset") -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
+        """The labels later stages train on, the truth when known, and the files they came from.
+
+        With a noise stage: its noisy labels, and the dataset's labels as the truth. Without
+        one: the dataset's labels (real data: truth unknown).
+        """
+        files = [self.root / DATASET_JSON]
+        if not self.has("noise"):
+            return ds.y_train, None, files
+        self.require("noise")
+        path = self.path("noise", "noisy_labels.npy")
+        labels = load_npy(path, what="label vector").astype(np.int64)
+        if labels.shape != ds.y_train.shape:
+            raise CleanpipeError(f"{path} does not fit the dataset; re-run `cleanpipe noise {self.root}`")
+        return labels, ds.y_train, files + [path]
+
     def require(self, stage: str, *, hint: str | None = None) -> dict:
         """Return a stage's manifest after checking that it is complete and current.
 

@@ -84,6 +84,11 @@ class Detection:
     estimated_noise_rate: float
 
 
+def worst_first(issue_mask: np.ndarray, label_quality: np.ndarray) -> np.ndarray:
+    """Row indices, int64 (N,): flagged rows by label quality, then the rest by quality (ties by index)."""
+    return np.lexsort((np.arange(len(issue_mask)), label_quality, ~issue_mask)).astype(np.int64)
+
+
 def validate_inputs(labels: np.ndarray, pred_probs: np.ndarray, *, source: str = "pred_probs") -> tuple[np.ndarray, np.ndarray, str | None]:
     """Check shapes, ranges and probabilities; return float32 probabilities and a note if rows were renormalised.
 
@@ -192,13 +197,11 @@ def find_issues(
             delattr(cleanlab.filter, name)
     mask = np.asarray(mask, dtype=bool)
     quality = np.asarray(quality, dtype=np.float64)
-    # Worst first: flagged rows by quality, then unflagged rows by quality (stable for ties).
-    order = np.lexsort((np.arange(len(labels)), quality, ~mask))
     return Detection(
         issue_mask=mask,
         label_quality=quality,
         suggested_label=pred_probs.argmax(axis=1).astype(np.int64),
-        order=order.astype(np.int64),
+        order=worst_first(mask, quality),
         noise_matrix=np.asarray(noise_matrix, dtype=np.float64),
         estimated_noise_rate=float(1.0 - np.trace(joint)),
     )

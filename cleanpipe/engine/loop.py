@@ -206,6 +206,7 @@ def fit(
         seen = 0
         for s in range(steps_per_epoch):
             idx = perm[s * bs : (s + 1) * bs]
+            y = y_all[idx]
             x = data.batch(idx, augment, gen)
             if data.is_image and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -214,13 +215,13 @@ def fit(
             for g in opt.param_groups:
                 g["lr"] = lr
             with _autocast(device, cfg):
-                loss, logits = method.loss(Step(forwards, x, y_all[idx], idx, epoch, step, total))
+                loss, logits = method.loss(Step(forwards, x, y, idx, epoch, step, total))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             # Accumulate on the device: a .item() per step would stall a GPU.
             loss_sum += loss.detach().float() * len(idx)
-            correct += (logits.detach().argmax(1) == y_all[idx]).sum()
+            correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
             if on_batch is not None and ((s + 1) % report_every == 0 or s + 1 == steps_per_epoch):
                 on_batch(s + 1, steps_per_epoch)
