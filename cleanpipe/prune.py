@@ -17,8 +17,6 @@ from cleanpipe.errors import CleanpipeError
 from cleanpipe.metrics import detection_metrics, error_auroc
 from cleanpipe.run import Run, load_npy
 
-INCV_EPOCHS = 20
-
 
 @dataclass
 class PruneInputs:
@@ -191,8 +189,7 @@ def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, par
 def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
     from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
 
-    from cleanpipe.crossval import default_settings
-    from cleanpipe.detect.incv import incv_select
+    from cleanpipe.detect.incv import incv_select, incv_settings
     from cleanpipe.engine import resolve_device
 
     pattern = opts.get("pattern", "auto")
@@ -207,9 +204,8 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
         labels, truth, files = run.training_labels(ds)
         kind = run.manifest("noise")["parameters"]["kind"] if truth is not None else None
         symmetric = pattern == "symmetric" or (pattern == "auto" and kind not in ("asymmetric", "pairflip"))
-        # INCV's models fit the noisy labels for 20 epochs by default (see cleanpipe.detect.incv).
-        settings = default_settings(ds.input_shape, spec.source, opts.get("model", "auto"),
-                                    epochs=opts.get("epochs") or INCV_EPOCHS, seed=opts.get("seed", 0))
+        settings = incv_settings(ds.input_shape, spec.source, opts.get("model", "auto"), epochs=opts.get("epochs"),
+                                 seed=opts.get("seed", 0))
         result = incv_select(ds.X_train, labels, ds.n_classes, settings, iterations=iterations, symmetric=symmetric,
                              device=opts.get("device", "auto"), true_labels=truth, progress=progress)
         probs = result.probs

@@ -38,7 +38,7 @@ from cleanpipe.errors import CleanpipeError
 if TYPE_CHECKING:
     from cleanpipe.data import DataSpec, Dataset
 
-STAGES = ("noise", "crossval", "prune", "train", "report")
+STAGES = ("noise", "crossval", "prune", "theory", "train", "report")
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.json"
 

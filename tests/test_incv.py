@@ -1,4 +1,4 @@
-"""INCV's selection loop (library level; the prune/theory CLI integration is still to come)."""
+"""INCV's selection loop, as a library function and as `cleanpipe prune --method incv`."""
 
 import numpy as np
 import pytest
@@ -20,13 +20,13 @@ def test_discard_ratio_and_checkpoint_policy_follow_the_reference():
 
 
 def test_digits_selection_is_much_cleaner_and_reproducible():
-    from cleanpipe.crossval import default_settings
     from cleanpipe.data import DataSpec, load_dataset
+    from cleanpipe.detect.incv import incv_settings
     from cleanpipe.noise import make_noisy_labels
 
     ds = load_dataset(DataSpec("digits"))
     noisy = make_noisy_labels(ds.y_train, "symmetric", 0.5, n_classes=10, seed=0).noisy_labels
-    settings = default_settings(ds.input_shape, "digits", epochs=20, seed=1)  # INCV_EPOCHS
+    settings = incv_settings(ds.input_shape, "digits", seed=1)
     runs = [incv_select(ds.X_train, noisy, 10, settings, iterations=2, device="cpu", true_labels=ds.y_train)
             for _ in range(2)]
     a, b = runs
@@ -36,6 +36,20 @@ def test_digits_selection_is_much_cleaner_and_reproducible():
     assert not (a.select & a.candidate).any() and not (a.select & a.discarded).any()
     assert a.iterations[-1]["label_precision"] == pytest.approx(clean[a.select].mean(), abs=1e-6)
     assert 0.2 <= a.eval_ratio <= 0.7
+
+
+def test_mnist_noise_rate_estimate_is_within_005_of_the_truth(mnist_dir):
+    """The issue's acceptance on the estimate (one iteration: the estimate comes from its first model)."""
+    from cleanpipe.data import DataSpec, load_dataset
+    from cleanpipe.detect.incv import incv_settings
+    from cleanpipe.noise import make_noisy_labels
+
+    ds = load_dataset(DataSpec("mnist", path=str(mnist_dir)))
+    noisy = make_noisy_labels(ds.y_train, "symmetric", 0.5, n_classes=10, seed=0).noisy_labels
+    settings = incv_settings(ds.input_shape, "mnist", seed=0)
+    r = incv_select(ds.X_train, noisy, 10, settings, iterations=1, device="cpu", true_labels=ds.y_train)
+    assert abs(r.eval_ratio - 0.5) <= 0.05, r.eval_ratio
+    assert r.iterations[0]["label_precision"] >= 0.93
 
 
 def test_prune_method_incv_writes_the_standard_outputs_and_incv_columns(tmp_path, cli):
@@ -81,4 +95,5 @@ def test_incv_cifar10_script_smoke(tmp_path, tiny_cifar10):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("symmetric0.5", "pairflip0.4"):
         assert (tmp_path / "runs" / name / "prune" / "keep_mask.npy").is_file()
-    assert "| symmetric0.5 |" in proc.stdout and "| pairflip0.4 |" in proc.stdout
+        assert (tmp_path / "runs" / name / "theory" / "confusion.png").is_file()
+    assert proc.stdout.count("| symmetric0.5 |") == 2 and proc.stdout.count("| pairflip0.4 |") == 2

@@ -16,7 +16,7 @@ from cleanpipe.errors import CleanpipeError
 @dataclass(frozen=True)
 class ModelInfo:
     build: Callable[[tuple[int, ...], int], object]
-    inputs: str  # "image" or "table"
+    inputs: str  # "image", "table" or "any"
     summary: str
 
 
@@ -53,6 +53,14 @@ def _mlp(shape, k):
     return MLP(shape[0], k)
 
 
+def _mlp128(shape, k):
+    import math
+
+    from cleanpipe.models.nets import MLP
+
+    return MLP(math.prod(shape), k, hidden=128, dropout=0.0)
+
+
 def _logreg(shape, k):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -67,6 +75,8 @@ MODELS: dict[str, ModelInfo] = {
     "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
     "resnet32": ModelInfo(_resnet32, "image", "the CIFAR ResNet-32 of INCV (3 x 5 basic blocks, 16/32/64 channels)"),
     "mlp": ModelInfo(_mlp, "table", "2 hidden layers of 256 with BatchNorm and dropout, for tables/features"),
+    "mlp128": ModelInfo(_mlp128, "any", "2 hidden layers of 128, no dropout, on features or raw pixels: "
+                        "INCV's and the theory check's network for grey and small images"),
     "logreg": ModelInfo(_logreg, "table", "scikit-learn logistic regression (standardised features)"),
 }
 
@@ -87,7 +97,7 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
         raise CleanpipeError(f"unknown model {name!r}; choose auto or one of {', '.join(MODELS)}")
     info = MODELS[name]
     is_image = len(input_shape) == 3
-    if (info.inputs == "image") != is_image:
+    if info.inputs != "any" and (info.inputs == "image") != is_image:
         raise CleanpipeError(
             f"model {name!r} takes {info.inputs} data but this dataset is "
             f"{'images' if is_image else 'a table'}; choose auto or a model for {'images' if is_image else 'tables'}"

@@ -105,7 +105,11 @@ class PreActResNet18(nn.Module):
 
 
 class MLP(nn.Module):
-    """A multilayer perceptron for tables and precomputed features (inputs standardised by the engine)."""
+    """A multilayer perceptron for tables, precomputed features, or images flattened to pixels.
+
+    Inputs are standardised by the engine; an image batch (B, C, H, W) is flattened to
+    (B, C*H*W), so ``in_features`` is the product of the input shape.
+    """
 
     def __init__(self, in_features: int, n_classes: int, hidden: int = 256, depth: int = 2, dropout: float = 0.1) -> None:
         super().__init__()
@@ -118,7 +122,7 @@ class MLP(nn.Module):
         self.head = nn.Linear(d, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.body(x.flatten(1)))
 
 
 class BasicBlock(nn.Module):
