@@ -368,7 +368,7 @@ def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
 @user_errors
 def theory(
     run_dir: Path = RunArg,
-    model: str = typer.Option("auto", "--model", "-m", help="The network; auto = INCV's (resnet32 for colour images, mlp128 for grey or small ones)."),
+    model: str = typer.Option("auto", "--model", "-m", help="The network; auto = INCV's (resnet32 for colour images, mlp128 for grey or small ones, mlp for tables)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default 40: the network must fit the noisy labels, as the theory assumes)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the halves and the model."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -426,6 +426,85 @@ def print_theory_summary(run_dir: Path, stage) -> None:
     )
 
 
+@app.command()
+@user_errors
+def train(
+    run_dir: Path = RunArg,
+    method: str = typer.Option("standard", "--method", help="standard | coteaching | coteaching-plus | incv-coteaching"),
+    subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
+    model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
+    forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
+) -> None:
+    """Train a model on the cleaned training data with a noise-robust method; report test accuracy.
+
+    Writes RUN/train/model.pt (weights + what rebuilds the model), history.csv (per epoch: loss,
+    train accuracy on the given labels, test accuracy, forget rate) and manifest.json.
+
+    Examples:
+
+      [bold]cleanpipe train runs/demo --method coteaching[/]   (after noise, crossval and prune)
+
+      [bold]cleanpipe train runs/demo --method standard --subset all[/]   (the baseline: all noisy labels)
+
+      [bold]cleanpipe train runs/demo --method incv-coteaching[/]   (after cleanpipe prune runs/demo --method incv)
+    """
+    from cleanpipe.progress import RichProgress
+    from cleanpipe.run import Run
+    from cleanpipe.train import run_train_stage
+
+    _set_threads(threads)
+    with RichProgress(console) as progress:
+        stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs, seed=seed,
+                                device=device, forget_rate=forget_rate, progress=progress)
+    print_train_summary(run_dir, stage)
+
+
+def print_train_summary(run_dir: Path, stage) -> None:
+    m, p = stage.manifest["metrics"], stage.manifest["parameters"]
+    extra = f", forget rate {p['forget_rate']:.3f}" if "forget_rate" in p else ""
+    noise = f" (true noise among them {m['train_noise_rate_true']:.1%})" if "train_noise_rate_true" in m else ""
+    console.print(
+        f"[bold green]train[/] {p['method']} on {m['n_train']:,} examples{noise}, {p['model']}, {p['epochs']} epochs{extra}: "
+        f"test accuracy [bold]{m['test_accuracy']:.4f}[/] on {m['n_test']:,} test examples"
+    )
+    console.print(
+        f"[dim]{m['train_seconds']:.1f}s of training on {stage.manifest['device']}; "
+        f"wrote {run_dir / 'train'}/ model.pt history.csv manifest.json[/]"
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Path = RunArg,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model.pt to score (default RUN/train/model.pt)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Accuracy and confusion matrix of the trained model on the run's test split.
+
+    Example: [bold]cleanpipe evaluate runs/demo[/]
+    """
+    from cleanpipe.run import Run
+    from cleanpipe.train import evaluate as evaluate_model
+
+    r = evaluate_model(Run(run_dir), checkpoint, device)
+    console.print(f"[bold green]evaluate[/] {r['checkpoint']}: test accuracy [bold]{r['accuracy']:.4f}[/] on {r['n_test']:,} examples")
+    K = len(r["class_names"])
+    if K <= 20:
+        t = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left", box=None, pad_edge=False)
+        t.add_column("", style="dim")
+        for name in r["class_names"]:
+            t.add_column(name[:8], justify="right")
+        for i, name in enumerate(r["class_names"]):
+            t.add_row(name[:8], *[f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]·[/]")
+                                  for j, v in enumerate(r["confusion"][i])])
+        console.print(t)
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -440,7 +519,8 @@ def run_all(
     folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
-    method: str = typer.Option("prune_by_noise_rate", "--method", help="Label-error method for prune (see `cleanpipe prune --help`)."),
+    method: str = typer.Option("coteaching", "--method", help="Training method: standard | coteaching | coteaching-plus | incv-coteaching (see `cleanpipe train --help`)."),
+    prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
     image_size: int = ImageSizeOpt,
@@ -448,11 +528,11 @@ def run_all(
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
-    Stages so far: noise (unless --kind none), crossval, prune. Re-running reuses what is current: the noise when its settings match, and every finished fold.
+    Stages: noise (unless --kind none), crossval, prune, train. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
 
     Examples:
 
-      [bold]cleanpipe run runs/demo[/]   (digits, 40% symmetric noise)
+      [bold]cleanpipe run runs/demo[/]   (digits, 40% symmetric noise, Co-teaching on the kept examples)
 
       [bold]cleanpipe run runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
     """
@@ -461,7 +541,10 @@ def run_all(
     from cleanpipe.progress import RichProgress
     from cleanpipe.prune import run_prune_stage
     from cleanpipe.run import Run
+    from cleanpipe.train import METHODS, run_train_stage
 
+    if method not in METHODS:
+        raise CleanpipeError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
     run = Run(run_dir)
     noise_man = run.manifest("noise")
     if run.dataset_json() is None and noise_man is not None:
@@ -481,14 +564,42 @@ def run_all(
             console.print("[dim]noise: up to date, skipped[/]")
         else:
             print_noise_summary(run_dir, run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed))
+        if method == "incv-coteaching":
+            prune_method = "incv"
         with RichProgress(console) as progress:
-            stage = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress)
-        print_crossval_summary(run_dir, stage)
-        print_prune_summary(run_dir, run_prune_stage(run, method=method))
+            if prune_method != "incv":
+                print_crossval_summary(run_dir, run_crossval_stage(
+                    run, model=model, n_folds=folds, seed=seed, device=device, progress=progress))
+            pruned = run_prune_stage(run, method=prune_method, incv={"seed": seed, "device": device}, progress=progress)
+        print_prune_summary(run_dir, pruned, top=5)
+        if _train_is_current(run, method, seed):
+            console.print("[dim]train: up to date, skipped[/]")
+            trained = run.manifest("train")
+        else:
+            with RichProgress(console) as progress:
+                stage = run_train_stage(run, method=method, seed=seed, device=device, progress=progress)
+            print_train_summary(run_dir, stage)
+            trained = stage.manifest
+    pm, tm = pruned.manifest["metrics"], trained["metrics"]
+    found = f" (precision {pm['precision']:.2f}, recall {pm['recall']:.2f})" if "precision" in pm else ""
     console.print(
-        f"[bold]done[/]: see {run_dir / 'prune' / 'label_issues.csv'} for every example, worst first. "
-        "(The train stage is being built next.)"
+        f"[bold]done[/]: {pm['n_issues']:,} of {pm['n']:,} labels flagged{found}; "
+        f"{method} on the {tm['n_train']:,} kept: test accuracy [bold]{tm['test_accuracy']:.2%}[/]"
     )
+    console.print(f"see {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first) and {run_dir / 'train'}/")
+
+
+def _train_is_current(run, method: str, seed: int) -> bool:
+    man = run.manifest("train")
+    if man is None or man["parameters"].get("method") != method or man["parameters"].get("seed") != seed:
+        return False
+    if method != "incv-coteaching" and man["parameters"].get("subset") != "kept":
+        return False
+    try:
+        run.require("train")
+    except CleanpipeError:
+        return False
+    return True
 
 
 def _set_threads(threads: Optional[int]) -> None:

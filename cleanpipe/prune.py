@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanpipe.detect.confident import ALIASES, Detection, canonical_method, find_issues, validate_inputs, worst_first
+from cleanpipe.detect.confident import (
+    ALIASES,
+    Detection,
+    canonical_method,
+    find_issues,
+    remaining_noise_rate,
+    validate_inputs,
+    worst_first,
+)
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.metrics import detection_metrics, error_auroc
 from cleanpipe.run import Run, load_npy
@@ -164,12 +172,16 @@ def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, par
         "estimated_noise_rate": round(det.estimated_noise_rate, 6),
         "estimated_noise_matrix": np.round(det.noise_matrix, 6).tolist(),
     }
+    if method != "incv":  # INCV supplies its own (τ_sel)
+        metrics["estimated_noise_rate_kept"] = round(remaining_noise_rate(
+            len(inputs.labels), int(det.issue_mask.sum()), det.estimated_noise_rate), 6)
     if inputs.true_labels is not None:
         errors = inputs.labels != inputs.true_labels
         m = detection_metrics(det.issue_mask, errors)
         auroc = error_auroc(det.label_quality, errors)
         metrics.update({
             "true_noise_rate": round(float(errors.mean()), 6),
+            "true_noise_rate_kept": round(float(errors[~det.issue_mask].mean()) if (~det.issue_mask).any() else 0.0, 6),
             "precision": round(m["precision"], 6),
             "recall": round(m["recall"], 6),
             "f1": round(m["f1"], 6),
@@ -190,6 +202,7 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
     from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
 
     from cleanpipe.detect.incv import incv_select, incv_settings
+    from cleanpipe.robust.coteaching import incv_forget_rate
     from cleanpipe.engine import resolve_device
 
     pattern = opts.get("pattern", "auto")
@@ -221,6 +234,7 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
         extra_cols = {"select": result.select, "candidate": result.candidate, "discarded": result.discarded,
                       "eval_ratio": np.full(len(labels), round(result.eval_ratio, 6))}
         extra_metrics = {"eval_ratio": result.eval_ratio, "iterations": result.iterations,
+                         "estimated_noise_rate_kept": round(incv_forget_rate(result.eval_ratio, ds.n_classes, symmetric), 6),
                          "n_selected": int(result.select.sum()), "n_candidates": int(result.candidate.sum()),
                          "n_discarded": int(result.discarded.sum())}
         if truth is not None and result.select.any():

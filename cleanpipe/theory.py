@@ -96,7 +96,8 @@ def run_theory_stage(run: Run, *, model: str = "auto", epochs: int | None = None
             "predicted": {q: round(v, 6) for q, v in predicted.items()},
             "closed_form": {q: round(v, 6) for q, v in closed.items()} if closed else None,
             "max_abs_difference": round(float(table["difference"].abs().max()), 6),
-            "confusion_vs_noise_max_abs": round(float(np.abs(confusion - transition).max()), 6),
+            "confusion_vs_noise_max_abs": round(float(np.nanmax(np.abs(confusion - transition))), 6),
+            "held_out_per_class": prior.tolist(),
             "n_train": int(len(train_rows)),
             "n_held_out": int(len(held)),
         }
@@ -125,8 +126,8 @@ def plot_confusion(transition: np.ndarray, confusion: np.ndarray, class_names: l
 
     K = len(class_names)
     names = [n[:10] for n in class_names]
-    fig, axes = plt.subplots(1, 2, figsize=(2 * max(4.0, 0.5 * K + 1.5), max(4.0, 0.5 * K + 1.5)),
-                             constrained_layout=True)
+    side = min(7.0, max(4.0, 0.5 * K + 1.5))  # inches per panel: legible at K = 10, bounded at K = 100
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side, side), constrained_layout=True)
     panels = ((transition, "noise matrix T: P(noisy label | true)"), (confusion, "held-out predictions M: P(ŷ | true)"))
     for ax, (m, label) in zip(axes, panels):
         im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")

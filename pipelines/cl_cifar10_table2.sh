@@ -2,7 +2,7 @@
 # The Confident Learning paper's CIFAR-10 experiment (Table 2), end to end, for a user with
 # CIFAR-10 on disk (cifar-10-batches-py) and a GPU:
 #   noise with the paper's recipe (random noise matrix, seed 0) -> 4-fold crossval ->
-#   the five pruning methods -> Co-teaching on the kept data (once `cleanpipe train` exists).
+#   the five pruning methods -> Co-teaching on the kept data.
 #
 #   bash pipelines/cl_cifar10_table2.sh CIFAR10_DIR [RUNS_DIR]
 #
@@ -12,6 +12,7 @@
 #   SPARSITIES ["0 0.2 0.4 0.6"] shares of zero off-diagonal noise rates
 #   FOLDS [4]  EPOCHS [crossval default: 30]  DEVICE [auto]  SEED [0]
 #   TRAIN_EPOCHS [200]           Co-teaching epochs on each kept subset
+#   TRAIN_MODEL [cnn9]           the network Co-teaching trains (the paper's 9-layer CNN)
 #   PYTHON [python3]             the interpreter that has cleanpipe installed
 set -euo pipefail
 CIFAR=${1:?usage: cl_cifar10_table2.sh CIFAR10_DIR [RUNS_DIR]}
@@ -22,6 +23,7 @@ FOLDS=${FOLDS:-4}
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
 TRAIN_EPOCHS=${TRAIN_EPOCHS:-200}
+TRAIN_MODEL=${TRAIN_MODEL:-cnn9}
 CP="${PYTHON:-python3} -m cleanpipe"
 EPOCH_ARGS=()
 [ -n "${EPOCHS:-}" ] && EPOCH_ARGS=(--epochs "$EPOCHS")
@@ -40,7 +42,8 @@ for n in $NOISES; do
       rm -rf "$run/prune-$m"
       cp -r "$run/prune" "$run/prune-$m"   # keep each method's masks and report side by side
       if [ "$HAS_TRAIN" = 1 ]; then
-        $CP train "$run" --method coteaching --subset kept --epochs "$TRAIN_EPOCHS" --device "$DEVICE" --seed "$SEED"
+        $CP train "$run" --method coteaching --subset kept --model "$TRAIN_MODEL" --epochs "$TRAIN_EPOCHS" \
+            --device "$DEVICE" --seed "$SEED"
         rm -rf "$run/train-$m"
         cp -r "$run/train" "$run/train-$m"
       fi

@@ -146,11 +146,13 @@ def test_cl_table2_script_smoke(tmp_path, tiny_cifar10):
 
     root = tiny_cifar10
     script = Path(__file__).resolve().parents[1] / "pipelines" / "cl_cifar10_table2.sh"
-    env = {**os.environ, "PYTHON": sys.executable, "NOISES": "0.4", "SPARSITIES": "0.2", "EPOCHS": "1", "DEVICE": "cpu"}
+    env = {**os.environ, "PYTHON": sys.executable, "NOISES": "0.4", "SPARSITIES": "0.2", "EPOCHS": "1", "TRAIN_EPOCHS": "1",
+           "TRAIN_MODEL": "small_cnn", "DEVICE": "cpu"}
     proc = subprocess.run(["bash", str(script), str(root), str(tmp_path / "runs")], capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "runs" / "noise0.4_sparsity0.2"
     for m in ("argmax", "cj-only", "cl-pbc", "cl-pbnr", "cl-both"):
         assert (run / f"prune-{m}" / "keep_mask.npy").is_file()
+        assert (run / f"train-{m}" / "model.pt").is_file()  # Co-teaching on each method's kept data
     assert "| noise0.4_sparsity0.2 | cl-pbnr |" in proc.stdout

@@ -66,11 +66,28 @@ def test_theory_cli_writes_its_outputs_and_is_reproducible(tmp_path, cli):
     M = np.load(d / "confusion_matrix.npy")
     assert M.shape == (10, 10) and np.allclose(M.sum(1), 1)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["metrics"]["n_train"] + m["metrics"]["n_held_out"] == len(held) * 2 or m["metrics"]["n_held_out"] == len(held)
+    n_train = json.loads((run / "dataset.json").read_text())["n_train"]
+    assert m["metrics"]["n_train"] + m["metrics"]["n_held_out"] == n_train and m["metrics"]["n_held_out"] == len(held)
     assert "label recall" in out and "predicted" in out
     first = (d / "theory.csv").read_bytes()
     assert cli("theory", run, "--epochs", 10, "--device", "cpu")[0] == 0
     assert (d / "theory.csv").read_bytes() == first  # same seed, same numbers
+
+
+def test_a_class_missing_from_the_held_out_half_is_not_counted_as_a_mismatch():
+    T = noise_matrix("symmetric", 3, 0.4).T
+    measured, confusion = measured_held_out(np.array([0, 1, 1]), np.array([0, 1, 0]), np.array([0, 1, 1]), 3)
+    assert np.isnan(confusion[2]).all() and np.allclose(confusion[:2].sum(1), 1)
+    assert np.nanmax(np.abs(confusion - T)) <= 1.0
+
+
+def test_theory_rejects_bad_epochs_and_non_networks(tmp_path, cli):
+    run = tmp_path / "r"
+    assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", 0.4)[0] == 0
+    for args in (("--epochs", 0), ("--model", "logreg")):
+        code, out, err = cli("theory", run, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (run / "theory").exists()
 
 
 def test_theory_needs_a_noise_stage(tmp_path, cli):

@@ -200,7 +200,9 @@ def fit(
         method.start_epoch(epoch, cfg.epochs)
         for net in nets:
             net.train()
-        perm = rows_t[torch.randperm(n, generator=gen, device=device)]
+        extra = method.epoch_rows(epoch)
+        pool = rows_t if extra is None else torch.as_tensor(np.asarray(extra, dtype=np.int64), device=device)
+        perm = pool[torch.randperm(len(pool), generator=gen, device=device)]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +44,14 @@ class Method:
 
     def start_epoch(self, epoch: int, n_epochs: int) -> None:
         """Called before each epoch (e.g. to ramp a forget rate)."""
+
+    def epoch_rows(self, epoch: int) -> np.ndarray | None:
+        """Rows to draw this epoch's batches from; None = the rows given to ``fit``.
+
+        The epoch keeps the length of ``fit``'s rows (INCV's Co-teaching mixes its candidates
+        into batches after a warm-up while an epoch still follows the selected set).
+        """
+        return None
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loss, logits of the first network)`` for the batch."""

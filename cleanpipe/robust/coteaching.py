@@ -1,0 +1,176 @@
+"""Co-teaching (Han et al. 2018), Co-teaching+ (Yu et al. 2019) and INCV's Co-teaching (Chen et al. 2019).
+
+Specification: ``reference/incv_coteaching.md`` sections B and D. Each is a
+:class:`~cleanpipe.engine.method.Method`: two networks see the same batch, each picks its
+small-loss examples, and each network is updated on the examples its *peer* picked. Decisions
+where the reference code differs or is silent:
+
+- The exchanged loss is a plain mean over the peer's picks (the reference divides it by the
+  pick count once more, pitfall 11).
+- The forget rate ramps linearly from 0 at epoch 0 to its target at epoch ``ramp_epochs``
+  (``τ·min(e / Tk, 1)``), as INCV's B.2 writes it.
+- Co-teaching+ exchanges small-loss examples among those the two networks *disagree* on
+  (argmax of the logits, not of a double softmax); a batch with no disagreement gives no update.
+  Before ``init_epoch`` it is plain Co-teaching.
+- Selection is computed without host synchronisation (ranks and masks, no ``.item()``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cleanpipe.engine.method import Method, Step
+
+
+def _smallest(loss: torch.Tensor, n_keep: torch.Tensor | int, eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask of the ``n_keep`` smallest losses (among ``eligible``), without a host sync."""
+    loss = loss.detach()
+    if eligible is not None:
+        loss = torch.where(eligible, loss, torch.full_like(loss, float("inf")))
+    rank = torch.empty_like(loss, dtype=torch.long)
+    rank[loss.argsort(stable=True)] = torch.arange(len(loss), device=loss.device)
+    keep = rank < n_keep
+    return keep if eligible is None else keep & eligible
+
+
+def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.float()
+    return (loss * m).sum() / m.sum().clamp_min(1.0)
+
+
+class CoTeaching(Method):
+    """Two networks; each is updated on the ``1 - forget_rate`` smallest-loss examples of its peer.
+
+    Parameters
+    ----------
+    forget_rate : float
+        Target share τ of each batch to drop (the noise rate expected in the training data).
+    ramp_epochs : int
+        Tk: epochs over which the forget rate rises linearly from 0 to τ.
+    is_clean : np.ndarray, optional
+        bool (N,), the truth for diagnostics only: the share of picked examples whose label is
+        right (the papers' "pure ratio") goes into the history. Never used for selection.
+    """
+
+    n_nets = 2
+
+    def __init__(self, forget_rate: float, ramp_epochs: int = 10, is_clean: np.ndarray | None = None) -> None:
+        if not 0.0 <= forget_rate < 1.0:
+            raise ValueError(f"forget rate must be in [0, 1), got {forget_rate}")
+        self.target = float(forget_rate)
+        self.ramp_epochs = max(1, int(ramp_epochs))
+        self.rate = 0.0
+        self._clean_np = None if is_clean is None else np.asarray(is_clean, dtype=bool)
+        self._clean = None
+        self._picked = self._picked_clean = None
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        self.rate = self.target * min(1.0, epoch / self.ramp_epochs)
+        self._picked = self._picked_clean = None
+
+    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each network's small-loss picks (bool masks over the batch)."""
+        n_keep = int(round((1.0 - self.rate) * len(step.y)))
+        return _smallest(ce1, n_keep), _smallest(ce2, n_keep)
+
+    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        logits1, logits2 = step.nets[0](step.x).float(), step.nets[1](step.x).float()
+        ce1 = F.cross_entropy(logits1, step.y, reduction="none")
+        ce2 = F.cross_entropy(logits2, step.y, reduction="none")
+        pick1, pick2 = self._pick(ce1, ce2, step)  # peer exchange: net 1 learns from net 2's picks
+        self._track(pick1, step)
+        return _masked_mean(ce1, pick2) + _masked_mean(ce2, pick1), logits1
+
+    def _track(self, pick: torch.Tensor, step: Step) -> None:
+        if self._clean_np is None:
+            return
+        if self._clean is None or self._clean.device != step.idx.device:
+            self._clean = torch.as_tensor(self._clean_np, device=step.idx.device)
+        clean = self._clean[step.idx] & pick
+        if self._picked is None:
+            self._picked, self._picked_clean = pick.sum(), clean.sum()
+        else:
+            self._picked += pick.sum()
+            self._picked_clean += clean.sum()
+
+    def epoch_metrics(self) -> dict:
+        out = {"forget_rate": round(self.rate, 6)}
+        if self._picked is not None:
+            out["pure_ratio"] = round(float(self._picked_clean) / max(float(self._picked), 1.0), 6)
+        return out
+
+
+class CoTeachingPlus(CoTeaching):
+    """Co-teaching+: after ``init_epoch``, the small-loss exchange runs only on the examples the networks disagree on."""
+
+    def __init__(self, forget_rate: float, ramp_epochs: int = 10, init_epoch: int = 0,
+                 is_clean: np.ndarray | None = None) -> None:
+        super().__init__(forget_rate, ramp_epochs, is_clean)
+        self.init_epoch = int(init_epoch)
+        self.epoch = 0
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        super().start_epoch(epoch, n_epochs)
+        self.epoch = epoch
+
+    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.epoch < self.init_epoch:
+            return super()._pick(ce1, ce2, step)
+        disagree = self._disagree
+        n_keep = torch.floor((1.0 - self.rate) * disagree.sum())
+        return _smallest(ce1, n_keep, disagree), _smallest(ce2, n_keep, disagree)
+
+    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        logits1, logits2 = step.nets[0](step.x).float(), step.nets[1](step.x).float()
+        self._disagree = logits1.detach().argmax(1) != logits2.detach().argmax(1)
+        ce1 = F.cross_entropy(logits1, step.y, reduction="none")
+        ce2 = F.cross_entropy(logits2, step.y, reduction="none")
+        pick1, pick2 = self._pick(ce1, ce2, step)
+        self._track(pick1, step)
+        # With no disagreement both masks are empty and the loss is 0 (no update), as in the paper.
+        return _masked_mean(ce1, pick2) + _masked_mean(ce2, pick1), logits1
+
+
+def incv_forget_rate(eps: float, n_classes: int, symmetric: bool = True) -> float:
+    """τ_sel = ε̂² / (ε̂² + k(1-ε̂)²): the noise expected inside INCV's selected set (k = c-1, or 1 for pair noise)."""
+    k = (n_classes - 1) if symmetric else 1
+    denom = eps**2 + k * (1 - eps) ** 2
+    return float(eps**2 / denom) if denom > 0 else 0.0
+
+
+class IncvCoTeaching(CoTeaching):
+    """INCV's Co-teaching: warm up on the selected set, then mix the candidates into every batch.
+
+    ``fit`` is given the selected rows; after ``warmup_epochs`` the batches are drawn from
+    selected ∪ candidates while an epoch keeps the selected set's length. The number kept per
+    batch is computed from its selected part only, so candidates take part only when their
+    loss is among the smallest (spec B.3).
+
+    Parameters
+    ----------
+    selected, candidates : np.ndarray
+        int (n,): rows of INCV's sets S and C.
+    """
+
+    def __init__(self, forget_rate: float, selected: np.ndarray, candidates: np.ndarray, warmup_epochs: int,
+                 ramp_epochs: int = 10, is_clean: np.ndarray | None = None, n_rows: int | None = None) -> None:
+        super().__init__(forget_rate, ramp_epochs, is_clean)
+        self.warmup_epochs = int(warmup_epochs)
+        self.mixed = np.union1d(selected, candidates)
+        n_rows = int(max(self.mixed.max(initial=0) + 1, n_rows or 0))
+        self._in_s_np = np.zeros(n_rows, dtype=bool)
+        self._in_s_np[np.asarray(selected, dtype=np.int64)] = True
+        self._in_s = None
+        self.has_candidates = len(candidates) > 0
+
+    def epoch_rows(self, epoch: int) -> np.ndarray | None:
+        return self.mixed if (epoch > self.warmup_epochs and self.has_candidates) else None
+
+    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._in_s is None or self._in_s.device != step.idx.device:
+            self._in_s = torch.as_tensor(self._in_s_np, device=step.idx.device)
+        b_s = self._in_s[step.idx].sum()
+        n_keep = torch.round((1.0 - self.rate) * b_s)
+        return _smallest(ce1, n_keep), _smallest(ce2, n_keep)

@@ -1,0 +1,301 @@
+"""The train stage: a model trained on the cleaned data (or all of it) with a noise-robust method.
+
+Methods are loss/selection steps run by the one engine (``cleanpipe.engine.fit``):
+``standard`` (cross-entropy), ``coteaching``, ``coteaching-plus`` and ``incv-coteaching``
+(``cleanpipe.robust.coteaching``). The test split is scored after every epoch
+(``train/history.csv``); ``train/model.pt`` holds the first network's weights and what is needed
+to rebuild it (load with ``torch.load(path, weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cleanpipe.errors import CleanpipeError
+from cleanpipe.run import Run, load_npy
+
+METHODS = ("standard", "coteaching", "coteaching-plus", "incv-coteaching")
+SUBSETS = ("kept", "all")
+MODEL_FORMAT = "cleanpipe-model-1"
+
+
+@dataclass
+class TrainStage:
+    """What ``cleanpipe train`` did, for the CLI's summary."""
+
+    manifest: dict
+    history: list[dict]
+
+
+def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto", *, epochs: int | None = None,
+                   seed: int = 0):
+    """The network and recipe for the train stage: crossval's per-dataset defaults, trained longer.
+
+    Epochs by data kind: digits 30, other grey/small images 20, colour images 100, tables 60
+    (crossval's short MNIST recipe stops before a forget-rate schedule has done anything).
+    """
+    from cleanpipe.crossval import default_settings
+
+    if epochs is None:
+        if len(input_shape) == 1:
+            epochs = 60
+        elif min(input_shape[1:]) <= 16:
+            epochs = 30
+        elif input_shape[0] == 1:
+            epochs = 20
+        else:
+            epochs = 100
+    return default_settings(input_shape, source, model, epochs=epochs, seed=seed)
+
+
+def _prune_inputs(run: Run, method: str, n: int):
+    """The prune stage's manifest, keep mask and (for INCV) its sets, checked against this run."""
+    import pandas as pd
+
+    man = run.require("prune", hint=f"cleanpipe prune {run.root}")
+    if man["parameters"].get("standalone"):
+        raise CleanpipeError(
+            f"{run.root}: the prune stage ran on files from outside the run; run `cleanpipe prune {run.root}` on the run's own data"
+        )
+    keep = load_npy(run.path("prune", "keep_mask.npy"), what="keep mask").astype(bool)
+    if keep.shape != (n,):
+        raise CleanpipeError(f"{run.root}: the prune stage is stale ({len(keep)} rows for {n} labels); re-run `cleanpipe prune {run.root}`")
+    sets = None
+    if method == "incv-coteaching":
+        if man["parameters"].get("method") != "incv":
+            raise CleanpipeError(
+                f"--method incv-coteaching needs an INCV prune stage; run `cleanpipe prune {run.root} --method incv` first"
+            )
+        report = pd.read_csv(run.path("prune", "label_issues.csv"), usecols=["index", "select", "candidate"])
+        report = report.sort_values("index")
+        sets = (np.flatnonzero(report["select"].to_numpy(bool)), np.flatnonzero(report["candidate"].to_numpy(bool)))
+    return man, keep, sets
+
+
+def _estimated_rate(man: dict, key: str, run: Run) -> float:
+    value = man["metrics"].get(key)
+    if value is None:
+        raise CleanpipeError(f"{run.root}: the prune stage predates noise-rate estimates for training; re-run `cleanpipe prune {run.root}`")
+    return float(value)
+
+
+def run_train_stage(
+    run: Run,
+    *,
+    method: str = "standard",
+    subset: str = "kept",
+    model: str = "auto",
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    forget_rate: float | None = None,
+    progress=None,
+) -> TrainStage:
+    """Train on the run's (noisy) labels and write ``RUN/train/``.
+
+    Parameters
+    ----------
+    run : Run
+    method : {'standard', 'coteaching', 'coteaching-plus', 'incv-coteaching'}
+    subset : {'kept', 'all'}
+        ``kept``: the prune stage's kept examples; ``all``: every training example (the
+        "train on noisy labels" baseline with ``standard``). ``incv-coteaching`` always uses
+        INCV's selected and candidate sets.
+    forget_rate : float, optional
+        Co-teaching's target forget rate; default the noise the prune stage estimates to remain in
+        the training subset (``estimated_noise_rate_kept`` for ``kept``, ``estimated_noise_rate``
+        for ``all``).
+    """
+    import torch
+
+    from cleanpipe.engine import DeviceData, Standard, device_name, fit, predict_proba, resolve_device
+    from cleanpipe.models import build_model
+    from cleanpipe.progress import NullProgress
+    from cleanpipe.robust.coteaching import CoTeaching, CoTeachingPlus, IncvCoTeaching
+
+    progress = progress or NullProgress()
+    if method not in METHODS:
+        raise CleanpipeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if subset not in SUBSETS:
+        raise CleanpipeError(f"--subset must be kept or all, got {subset!r}")
+    if forget_rate is not None and not 0.0 <= forget_rate < 1.0:
+        raise CleanpipeError(f"--forget-rate must lie in [0, 1), got {forget_rate}")
+    if epochs is not None and epochs < 1:
+        raise CleanpipeError(f"--epochs must be at least 1, got {epochs}")
+    dev = resolve_device(device)
+    started = time.perf_counter()
+
+    with run.transaction():
+        if run.dataset_json() is None:
+            raise CleanpipeError(f"{run.root} has no dataset; start with `cleanpipe noise` or `cleanpipe crossval` and --dataset")
+        spec, ds, _ = run.bind_dataset(None)
+        labels, truth, files = run.training_labels(ds)
+        n, K = len(labels), ds.n_classes
+        co = method != "standard"
+        needs_prune = subset == "kept" or method == "incv-coteaching" or (co and forget_rate is None)
+        prune_man = keep = sets = None
+        if needs_prune:
+            prune_man, keep, sets = _prune_inputs(run, method, n)
+            files = [*files, run.path("prune", "keep_mask.npy"), run.path("prune", "label_issues.csv")]
+        if method == "incv-coteaching":
+            rows = sets[0]
+        else:
+            rows = np.flatnonzero(keep) if subset == "kept" else np.arange(n)
+        if len(rows) < 2:
+            raise CleanpipeError(f"only {len(rows)} training example(s) left in the {subset} subset; nothing to train on")
+
+        settings = train_settings(ds.input_shape, spec.source, model, epochs=epochs, seed=seed)
+        E = settings.epochs
+        ramp = max(1, min(10, E // 4))  # Tk: 10 of 200 epochs in the papers; a quarter of short runs
+        is_clean = None if truth is None else np.concatenate([labels == truth, np.zeros(len(ds.y_test), bool)])
+        details: dict = {}
+        if co:
+            if forget_rate is None:
+                key = "estimated_noise_rate_kept" if (subset == "kept" or method == "incv-coteaching") else "estimated_noise_rate"
+                forget_rate = min(0.9, _estimated_rate(prune_man, key, run))
+            details = {"forget_rate": round(forget_rate, 6), "ramp_epochs": ramp}
+        if method == "standard":
+            step = Standard(label_smoothing=0.0)
+        elif method == "coteaching":
+            step = CoTeaching(forget_rate, ramp, is_clean)
+        elif method == "coteaching-plus":
+            init_epoch = round(0.1 * E) if (len(ds.input_shape) == 3 and ds.input_shape[0] == 3) else 0  # CIFAR: 20 of 200
+            step = CoTeachingPlus(forget_rate, ramp, init_epoch, is_clean)
+            details["init_epoch"] = init_epoch
+        else:
+            eps = float(prune_man["metrics"]["eval_ratio"])
+            symmetric = bool(prune_man["parameters"].get("symmetric", True))
+            warmup = round(E * (0.4 if (not symmetric or eps > 0.6) else 0.2))  # 80 or 40 of 200 epochs
+            step = IncvCoTeaching(forget_rate, sets[0], sets[1], warmup, ramp, is_clean, n_rows=n + len(ds.y_test))
+            details.update({"warmup_epochs": warmup, "n_candidates": int(len(sets[1]))})
+
+        torch.manual_seed(seed)
+        nets = [build_model(settings.model, ds.input_shape, K) for _ in range(2 if co else 1)]
+        if not isinstance(nets[0], torch.nn.Module):
+            raise CleanpipeError(f"{settings.model} is not a network; the train stage trains networks (e.g. mlp)")
+        X_all = np.concatenate([ds.X_train, ds.X_test])
+        y_all = np.concatenate([labels, ds.y_test]).astype(np.int64)
+        test_rows = n + np.arange(len(ds.y_test))
+        data = DeviceData(X_all, dev, fit_rows=rows)
+        cfg = settings.train_config(seed)
+        parameters = {"method": method, "subset": subset if method != "incv-coteaching" else "incv-sets",
+                      **{k: v for k, v in asdict(settings).items() if k in ("model", "epochs", "batch_size", "lr", "seed")},
+                      **details}
+        key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode() + np.ascontiguousarray(rows).tobytes()
+                             + labels.tobytes() + ds.fingerprint().encode()).hexdigest()[:16]
+        checkpoint = run.path("train", "resume") / f"{key}.pt"
+        history_file = checkpoint.with_suffix(".history.json")
+        history: list[dict] = json.loads(history_file.read_text()) if history_file.is_file() else []
+        epoch_started = [time.perf_counter()]
+        test_acc: dict = {}
+
+        def after_epoch(epoch: int, trained) -> None:
+            for i, net in enumerate(trained):
+                p = predict_proba(net, data, test_rows, cfg)
+                test_acc[i] = float(np.mean(p.argmax(1) == ds.y_test))
+
+        def on_epoch(epoch: int, m: dict) -> None:
+            row = {"epoch": epoch + 1, "loss": round(m["loss"], 6), "train_accuracy": round(m["train_accuracy"], 6),
+                   "test_accuracy": round(test_acc[0], 6)}
+            if len(test_acc) > 1:
+                row["test_accuracy_peer"] = round(test_acc[1], 6)
+            row.update({k: v for k, v in m.items() if k in ("forget_rate", "pure_ratio")})
+            row["lr"] = round(m["lr"], 8)
+            row["seconds"] = round(time.perf_counter() - epoch_started[0], 3)
+            epoch_started[0] = time.perf_counter()
+            history[:] = [h for h in history if h["epoch"] <= epoch] + [row]
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            history_file.write_text(json.dumps(history))
+            progress.advance(0, completed=epoch + 1, note=f"loss {m['loss']:.3f}, test accuracy {test_acc[0]:.3f}")
+
+        progress.start(f"{method} epochs", E, level=0)
+        trained = fit(nets, data, y_all, rows, cfg, method=step, checkpoint=checkpoint, on_epoch=on_epoch,
+                      after_epoch=after_epoch)
+        history = [h for h in history if h["epoch"] <= E]
+        final = history[-1]
+        steps = E * max(1, len(rows) // min(cfg.batch_size, len(rows)))
+        train_seconds = sum(h["seconds"] for h in history)
+        metrics = {
+            "test_accuracy": final["test_accuracy"],
+            "n_train": int(len(rows)),
+            "n_test": int(len(ds.y_test)),
+            "final_train_accuracy": final["train_accuracy"],
+            "train_seconds": round(train_seconds, 2),
+            "seconds_per_step": round(train_seconds / steps, 6),
+        }
+        if "test_accuracy_peer" in final:
+            metrics["test_accuracy_peer"] = final["test_accuracy_peer"]
+        if truth is not None:
+            metrics["train_noise_rate_true"] = round(float(np.mean(labels[rows] != truth[rows])), 6)
+        state = {
+            "format": MODEL_FORMAT,
+            "model": settings.model,
+            "input_shape": list(ds.input_shape),
+            "n_classes": K,
+            "class_names": list(ds.class_names),
+            "method": method,
+            "mean": data.mean.detach().cpu(),
+            "std": data.std.detach().cpu(),
+            "state_dict": {k: v.detach().cpu() for k, v in trained[0].state_dict().items()},
+        }
+        with run.write_stage("train", started=started) as w:
+            for p in files:
+                w.record_input(p)
+            torch.save(state, w.path("model.pt"))
+            import pandas as pd
+
+            pd.DataFrame(history).to_csv(w.path("history.csv"), index=False)
+            manifest = w.finish(parameters=parameters, metrics=metrics, device=device_name(dev))
+        return TrainStage(manifest, history)
+
+
+def load_model(path: Path):
+    """Rebuild a network saved by the train stage; returns ``(net, state)`` (weights only, never pickled code)."""
+    import torch
+
+    from cleanpipe.models import build_model
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CleanpipeError(f"{path}: no such file; run `cleanpipe train` first") from None
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file is a user error, not a crash
+        raise CleanpipeError(f"{path}: not a cleanpipe model ({type(e).__name__}); re-run `cleanpipe train`") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise CleanpipeError(f"{path}: not a cleanpipe model file; re-run `cleanpipe train`")
+    net = build_model(state["model"], tuple(state["input_shape"]), int(state["n_classes"]))
+    try:
+        net.load_state_dict(state["state_dict"])
+    except RuntimeError:
+        raise CleanpipeError(f"{path}: its weights do not fit a {state['model']}; re-run `cleanpipe train`") from None
+    return net.eval(), state
+
+
+def evaluate(run: Run, checkpoint: Path | None = None, device: str = "auto") -> dict:
+    """Accuracy and the confusion matrix (rows = true class, counts) of a trained model on the run's test split."""
+    from cleanpipe.engine import DeviceData, TrainConfig, predict_proba, resolve_device
+
+    dev = resolve_device(device)
+    if checkpoint is None:
+        run.require("train", hint=f"cleanpipe train {run.root}")
+        checkpoint = run.path("train", "model.pt")
+    net, state = load_model(Path(checkpoint))
+    _, ds, _ = run.bind_dataset(None)
+    if tuple(state["input_shape"]) != tuple(ds.input_shape) or int(state["n_classes"]) != ds.n_classes:
+        raise CleanpipeError(f"{checkpoint} was trained on data of another shape or class count than {run.root}'s")
+    data = DeviceData(ds.X_test, dev)
+    data.mean, data.std = state["mean"].to(dev), state["std"].to(dev)  # the training rows' statistics
+    net = net.to(dev)
+    probs = predict_proba(net, data, np.arange(len(ds.y_test)), TrainConfig(channels_last=False))
+    pred = probs.argmax(1)
+    K = ds.n_classes
+    confusion = np.zeros((K, K), dtype=np.int64)
+    np.add.at(confusion, (ds.y_test, pred), 1)
+    return {"accuracy": float(np.mean(pred == ds.y_test)), "confusion": confusion, "class_names": list(ds.class_names),
+            "n_test": int(len(ds.y_test)), "checkpoint": str(checkpoint)}
