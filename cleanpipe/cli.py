@@ -435,6 +435,7 @@ def train(
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
     forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
+    clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
@@ -459,7 +460,7 @@ def train(
     _set_threads(threads)
     with RichProgress(console) as progress:
         stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs, seed=seed,
-                                device=device, forget_rate=forget_rate, progress=progress)
+                                device=device, forget_rate=forget_rate, clean_labels=clean_labels, progress=progress)
     print_train_summary(run_dir, stage)
 
 
@@ -505,6 +506,29 @@ def evaluate(
         console.print(t)
 
 
+@app.command()
+@user_errors
+def report(
+    run_dir: Path = RunArg,
+    top: int = typer.Option(32, "--top", help="How many of the most suspicious images to show in the grid."),
+) -> None:
+    """Plots and a self-contained HTML page of what the stages found (opens offline).
+
+    Writes RUN/report/report.html with every plot inlined, and the plots as PNG files: noise
+    matrix (true and estimated), issues per class, label-quality histogram, training curves,
+    and the most suspicious images. Needs a prune stage; uses noise and train when present.
+
+    Example: [bold]cleanpipe report runs/demo[/]   then open runs/demo/report/report.html
+    """
+    from cleanpipe.report import run_report_stage
+    from cleanpipe.run import Run
+
+    if top < 0:
+        raise CleanpipeError(f"--top must be at least 0, got {top}")
+    stage = run_report_stage(Run(run_dir), top=top)
+    console.print(f"[bold green]report[/] {stage.html_path} ({len(stage.plots)} plots: {', '.join(stage.plots)})")
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -528,7 +552,7 @@ def run_all(
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
-    Stages: noise (unless --kind none), crossval, prune, train. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
+    Stages: noise (unless --kind none), crossval, prune, train, report. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
 
     Examples:
 
@@ -580,13 +604,16 @@ def run_all(
                 stage = run_train_stage(run, method=method, seed=seed, device=device, progress=progress)
             print_train_summary(run_dir, stage)
             trained = stage.manifest
+        from cleanpipe.report import run_report_stage
+
+        page = run_report_stage(run).html_path
     pm, tm = pruned.manifest["metrics"], trained["metrics"]
     found = f" (precision {pm['precision']:.2f}, recall {pm['recall']:.2f})" if "precision" in pm else ""
     console.print(
         f"[bold]done[/]: {pm['n_issues']:,} of {pm['n']:,} labels flagged{found}; "
         f"{method} on the {tm['n_train']:,} kept: test accuracy [bold]{tm['test_accuracy']:.2%}[/]"
     )
-    console.print(f"see {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first) and {run_dir / 'train'}/")
+    console.print(f"see {page} (plots), {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first)")
 
 
 def _train_is_current(run, method: str, seed: int) -> bool:

@@ -23,6 +23,7 @@ from cleanpipe.run import Run, load_npy
 METHODS = ("standard", "coteaching", "coteaching-plus", "incv-coteaching")
 SUBSETS = ("kept", "all")
 MODEL_FORMAT = "cleanpipe-model-1"
+CHECKPOINT_EVERY_S = 30.0  # an interrupted training resumes from its last checkpoint (see engine.fit)
 
 
 @dataclass
@@ -95,6 +96,7 @@ def run_train_stage(
     seed: int = 0,
     device: str = "auto",
     forget_rate: float | None = None,
+    clean_labels: bool = False,
     progress=None,
 ) -> TrainStage:
     """Train on the run's (noisy) labels and write ``RUN/train/``.
@@ -111,6 +113,8 @@ def run_train_stage(
         Co-teaching's target forget rate; default the noise the prune stage estimates to remain in
         the training subset (``estimated_noise_rate_kept`` for ``kept``, ``estimated_noise_rate``
         for ``all``).
+    clean_labels : bool
+        Benchmarks only: train on the true labels of a run with synthetic noise (the ceiling).
     """
     import torch
 
@@ -136,6 +140,10 @@ def run_train_stage(
             raise CleanpipeError(f"{run.root} has no dataset; start with `cleanpipe noise` or `cleanpipe crossval` and --dataset")
         spec, ds, _ = run.bind_dataset(None)
         labels, truth, files = run.training_labels(ds)
+        if clean_labels:
+            if truth is None:
+                raise CleanpipeError(f"--clean-labels needs a run with synthetic noise (true labels known); {run.root} has none")
+            labels = truth
         n, K = len(labels), ds.n_classes
         co = method != "standard"
         needs_prune = subset == "kept" or method == "incv-coteaching" or (co and forget_rate is None)
@@ -185,6 +193,7 @@ def run_train_stage(
         data = DeviceData(X_all, dev, fit_rows=rows)
         cfg = settings.train_config(seed)
         parameters = {"method": method, "subset": subset if method != "incv-coteaching" else "incv-sets",
+                      "clean_labels": clean_labels,
                       **{k: v for k, v in asdict(settings).items() if k in ("model", "epochs", "batch_size", "lr", "seed")},
                       **details}
         key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode() + np.ascontiguousarray(rows).tobytes()
@@ -216,7 +225,7 @@ def run_train_stage(
 
         progress.start(f"{method} epochs", E, level=0)
         trained = fit(nets, data, y_all, rows, cfg, method=step, checkpoint=checkpoint, on_epoch=on_epoch,
-                      after_epoch=after_epoch)
+                      after_epoch=after_epoch, checkpoint_every_s=CHECKPOINT_EVERY_S)
         history = [h for h in history if h["epoch"] <= E]
         final = history[-1]
         steps = E * max(1, len(rows) // min(cfg.batch_size, len(rows)))

@@ -175,3 +175,36 @@ def test_incv_coteaching_after_an_incv_prune(tmp_path, cli):
     prune = json.loads((run / "prune" / "manifest.json").read_text())["metrics"]
     assert man["parameters"]["forget_rate"] == pytest.approx(incv_forget_rate(prune["eval_ratio"], 10), abs=1e-6)
     assert man["parameters"]["warmup_epochs"] >= 1 and man["metrics"]["n_train"] == prune["n_selected"]
+
+
+def test_interrupted_training_resumes_to_the_same_model(pruned_digits, tmp_path, cli, monkeypatch):
+    import cleanpipe.engine.loop as loop
+    import cleanpipe.train as train
+
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)  # checkpoint every epoch
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(pruned_digits, a)
+    shutil.copytree(pruned_digits, b)
+    args = ("--method", "coteaching", "--epochs", 5, "--device", "cpu")
+    assert cli("train", a, *args)[0] == 0
+    save, saves = loop._save_checkpoint, []
+
+    def save_then_interrupt(*a_, **k):
+        save(*a_, **k)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_interrupt)
+    code, out, err = cli("train", b, *args)
+    assert code == 130 and "interrupted" in err and not (b / "train" / "manifest.json").exists()
+    monkeypatch.setattr(loop, "_save_checkpoint", save)
+    assert cli("train", b, *args)[0] == 0
+    import pandas as pd
+
+    ha, hb = (pd.read_csv(r / "train" / "history.csv") for r in (a, b))
+    assert list(ha.test_accuracy) == list(hb.test_accuracy) and list(ha.loss) == list(hb.loss)
+    sa = torch.load(a / "train" / "model.pt", weights_only=True)["state_dict"]
+    sb = torch.load(b / "train" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not (b / "train" / "resume").exists()  # the finished stage keeps no checkpoint

@@ -10,7 +10,8 @@ where the reference code differs or is silent:
 - The forget rate ramps linearly from 0 at epoch 0 to its target at epoch ``ramp_epochs``
   (``τ·min(e / Tk, 1)``), as INCV's B.2 writes it.
 - Co-teaching+ exchanges small-loss examples among those the two networks *disagree* on
-  (argmax of the logits, not of a double softmax); a batch with no disagreement gives no update.
+  (argmax of the logits, not of a double softmax); its loss is the sum over the picks divided by
+  the batch size, so a batch with few disagreements gives a small step and one with none no update.
   Before ``init_epoch`` it is plain Co-teaching.
 - Selection is computed without host synchronisation (ranks and masks, no ``.item()``).
 """
@@ -129,8 +130,12 @@ class CoTeachingPlus(CoTeaching):
         ce2 = F.cross_entropy(logits2, step.y, reduction="none")
         pick1, pick2 = self._pick(ce1, ce2, step)
         self._track(pick1, step)
-        # With no disagreement both masks are empty and the loss is 0 (no update), as in the paper.
-        return _masked_mean(ce1, pick2) + _masked_mean(ce2, pick1), logits1
+        # Summed over the picks and divided by the batch size: a batch with few disagreements moves the
+        # networks little (none: no update, as in the paper). A mean over a handful of picks is a
+        # full-size SGD step on them; it diverged to chance (10%) on MNIST at 50% noise. The
+        # reference's Adam is blind to this scale.
+        n = float(len(step.y))
+        return ((ce1 * pick2.float()).sum() + (ce2 * pick1.float()).sum()) / n, logits1
 
 
 def incv_forget_rate(eps: float, n_classes: int, symmetric: bool = True) -> float:
