@@ -231,11 +231,11 @@ def fit(
             after_epoch(epoch, nets)
         metrics = {"loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen, "lr": lr}
         metrics.update(method.epoch_metrics())
+        if on_epoch is not None:  # before the checkpoint: what it records must not lag what resumes
+            on_epoch(epoch, metrics)
         if checkpoint is not None and epoch + 1 < cfg.epochs and time.monotonic() - last_save >= checkpoint_every_s:
             _save_checkpoint(checkpoint, epoch + 1, nets, opt, method, cfg)
             last_save = time.monotonic()
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
     for net in nets:
         net.eval()
     return nets
