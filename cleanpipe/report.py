@@ -35,30 +35,43 @@ def _plt():
     return plt
 
 
-def plot_noise_matrices(true: np.ndarray | None, estimated: np.ndarray, names: list[str], path: Path) -> None:
-    """Heat maps of P(given label = row | true class = column): the true one (when known) beside cleanlab's estimate."""
+def plot_heatmaps(panels: list[tuple[np.ndarray, str, str, str]], names: list[str], path: Path, title: str = "",
+                  dpi: int = 100) -> None:
+    """K x K matrices in [0, 1] side by side, one panel per ``(matrix, title, x label, y label)`` (PNG).
+
+    Class names label the axes up to 20 classes and values fill the cells up to 12; the figure stays
+    at most 7 inches a panel however many classes there are.
+    """
     plt = _plt()
-    panels = ([(true, "true noise matrix")] if true is not None else []) + [(estimated, "estimated (confident learning)")]
     K = len(names)
+    short = [n[:10] for n in names]
     side = min(7.0, max(4.0, 0.5 * K + 1.5))
     fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side), constrained_layout=True, squeeze=False)
-    for ax, (m, title) in zip(axes[0], panels):
+    for ax, (m, label, xlabel, ylabel) in zip(axes[0], panels):
         im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("true class")
-        ax.set_ylabel("given label")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         if K <= 20:
-            ax.set_xticks(range(K), [n[:10] for n in names], rotation=90 if K > 10 else 0, fontsize=8)
-            ax.set_yticks(range(K), [n[:10] for n in names], fontsize=8)
-        if K <= 12:
+            ax.set_xticks(range(K), short, rotation=90 if K > 10 else 0, fontsize=8)
+            ax.set_yticks(range(K), short, fontsize=8)
+        if K <= 12:  # numbers in the cells while they stay legible
             for i in range(K):
                 for j in range(K):
                     if m[i, j] >= 0.005:
                         ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
                                 color="black" if m[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(path, dpi=100)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def plot_noise_matrices(true: np.ndarray | None, estimated: np.ndarray, names: list[str], path: Path) -> None:
+    """Heat maps of P(given label = row | true class = column): the true one (when known) beside cleanlab's estimate."""
+    panels = ([(true, "true noise matrix")] if true is not None else []) + [(estimated, "estimated (confident learning)")]
+    plot_heatmaps([(m, label, "true class", "given label") for m, label in panels], names, path)
 
 
 def plot_issues_per_class(given: np.ndarray, issue: np.ndarray, true_error: np.ndarray | None, names: list[str],

@@ -119,32 +119,8 @@ def run_theory_stage(run: Run, *, model: str = "auto", epochs: int | None = None
 def plot_confusion(transition: np.ndarray, confusion: np.ndarray, class_names: list[str], path: Path,
                    title: str = "") -> None:
     """Two heat maps side by side: the noise matrix T and the held-out confusion matrix M (PNG)."""
-    import matplotlib
+    from cleanpipe.report import plot_heatmaps
 
-    matplotlib.use("Agg")  # files only: no display here or on CI
-    import matplotlib.pyplot as plt
-
-    K = len(class_names)
-    names = [n[:10] for n in class_names]
-    side = min(7.0, max(4.0, 0.5 * K + 1.5))  # inches per panel: legible at K = 10, bounded at K = 100
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side, side), constrained_layout=True)
-    panels = ((transition, "noise matrix T: P(noisy label | true)"), (confusion, "held-out predictions M: P(ŷ | true)"))
-    for ax, (m, label) in zip(axes, panels):
-        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("noisy label" if m is transition else "predicted class")
-        ax.set_ylabel("true class")
-        if K <= 20:
-            ax.set_xticks(range(K), names, rotation=90 if K > 10 else 0, fontsize=8)
-            ax.set_yticks(range(K), names, fontsize=8)
-        if K <= 12:  # numbers in the cells while they stay legible
-            for i in range(K):
-                for j in range(K):
-                    if m[i, j] >= 0.005:
-                        ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                color="black" if m[i, j] > 0.6 else "white")
-    fig.colorbar(im, ax=axes, shrink=0.8)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_heatmaps([(transition, "noise matrix T: P(noisy label | true)", "noisy label", "true class"),
+                   (confusion, "held-out predictions M: P(ŷ | true)", "predicted class", "true class")],
+                  class_names, path, title=title, dpi=110)

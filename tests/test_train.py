@@ -71,8 +71,9 @@ def test_incv_coteaching_warms_up_on_the_selected_set_and_keeps_by_its_share():
     method.start_epoch(5, 10)
     nets = _nets()
     step = _step(nets)  # rows 0..31: 16 selected -> keep round(0.5 * 16) = 8 per network
-    pick1, pick2 = method._pick(F.cross_entropy(nets[0](step.x), step.y, reduction="none"),
-                                F.cross_entropy(nets[1](step.x), step.y, reduction="none"), step)
+    logits1, logits2 = nets[0](step.x), nets[1](step.x)
+    pick1, pick2 = method._pick(F.cross_entropy(logits1, step.y, reduction="none"),
+                                F.cross_entropy(logits2, step.y, reduction="none"), step, logits1, logits2)
     assert int(pick1.sum()) == 8 and int(pick2.sum()) == 8
 
 

@@ -71,18 +71,23 @@ class CoTeaching(Method):
         self.rate = self.target * min(1.0, epoch / self.ramp_epochs)
         self._picked = self._picked_clean = None
 
-    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step, logits1: torch.Tensor,
+              logits2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each network's small-loss picks (bool masks over the batch)."""
         n_keep = int(round((1.0 - self.rate) * len(step.y)))
         return _smallest(ce1, n_keep), _smallest(ce2, n_keep)
+
+    def _exchange(self, ce1: torch.Tensor, ce2: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> torch.Tensor:
+        """Net 1 learns from net 2's picks and net 2 from net 1's: the mean loss over each."""
+        return _masked_mean(ce1, pick2) + _masked_mean(ce2, pick1)
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         logits1, logits2 = step.nets[0](step.x).float(), step.nets[1](step.x).float()
         ce1 = F.cross_entropy(logits1, step.y, reduction="none")
         ce2 = F.cross_entropy(logits2, step.y, reduction="none")
-        pick1, pick2 = self._pick(ce1, ce2, step)  # peer exchange: net 1 learns from net 2's picks
+        pick1, pick2 = self._pick(ce1, ce2, step, logits1, logits2)
         self._track(pick1, step)
-        return _masked_mean(ce1, pick2) + _masked_mean(ce2, pick1), logits1
+        return self._exchange(ce1, ce2, pick1, pick2), logits1
 
     def _track(self, pick: torch.Tensor, step: Step) -> None:
         if self._clean_np is None:
@@ -116,26 +121,19 @@ class CoTeachingPlus(CoTeaching):
         super().start_epoch(epoch, n_epochs)
         self.epoch = epoch
 
-    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pick(self, ce1, ce2, step, logits1, logits2):
         if self.epoch < self.init_epoch:
-            return super()._pick(ce1, ce2, step)
-        disagree = self._disagree
+            return super()._pick(ce1, ce2, step, logits1, logits2)
+        disagree = logits1.detach().argmax(1) != logits2.detach().argmax(1)
         n_keep = torch.floor((1.0 - self.rate) * disagree.sum())
         return _smallest(ce1, n_keep, disagree), _smallest(ce2, n_keep, disagree)
 
-    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-        logits1, logits2 = step.nets[0](step.x).float(), step.nets[1](step.x).float()
-        self._disagree = logits1.detach().argmax(1) != logits2.detach().argmax(1)
-        ce1 = F.cross_entropy(logits1, step.y, reduction="none")
-        ce2 = F.cross_entropy(logits2, step.y, reduction="none")
-        pick1, pick2 = self._pick(ce1, ce2, step)
-        self._track(pick1, step)
+    def _exchange(self, ce1, ce2, pick1, pick2):
         # Summed over the picks and divided by the batch size: a batch with few disagreements moves the
         # networks little (none: no update, as in the paper). A mean over a handful of picks is a
         # full-size SGD step on them; it diverged to chance (10%) on MNIST at 50% noise. The
         # reference's Adam is blind to this scale.
-        n = float(len(step.y))
-        return ((ce1 * pick2.float()).sum() + (ce2 * pick1.float()).sum()) / n, logits1
+        return ((ce1 * pick2.float()).sum() + (ce2 * pick1.float()).sum()) / len(ce1)
 
 
 def incv_forget_rate(eps: float, n_classes: int, symmetric: bool = True) -> float:
@@ -173,7 +171,7 @@ class IncvCoTeaching(CoTeaching):
     def epoch_rows(self, epoch: int) -> np.ndarray | None:
         return self.mixed if (epoch > self.warmup_epochs and self.has_candidates) else None
 
-    def _pick(self, ce1: torch.Tensor, ce2: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pick(self, ce1, ce2, step, logits1, logits2):
         if self._in_s is None or self._in_s.device != step.idx.device:
             self._in_s = torch.as_tensor(self._in_s_np, device=step.idx.device)
         b_s = self._in_s[step.idx].sum()
