@@ -436,6 +436,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
     forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
+    selection: str = typer.Option("class", "--selection", help="Co-teaching's small-loss picks: class (spread over the given labels' classes) | batch (the papers' rule)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
@@ -460,7 +461,8 @@ def train(
     _set_threads(threads)
     with RichProgress(console) as progress:
         stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs, seed=seed,
-                                device=device, forget_rate=forget_rate, clean_labels=clean_labels, progress=progress)
+                                device=device, forget_rate=forget_rate, clean_labels=clean_labels, selection=selection,
+                                progress=progress)
     print_train_summary(run_dir, stage)
 
 

@@ -40,9 +40,14 @@ def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto
 
     Epochs by data kind: digits 30, other grey/small images 20, colour images 100, tables 60
     (crossval's short MNIST recipe stops before a forget-rate schedule has done anything).
+    Grey 28x28 images train in batches of 256 at lr 0.1 (crossval: 64 at 0.05): with a quarter
+    of a batch kept at high noise, a larger batch gives the small-loss picks of each class enough
+    examples to rank (MNIST-10k, class-balanced Co-teaching at symmetric 80%: 90.4% at 128/0.05,
+    92.5% at 256/0.1; plain training 84.1% and 83.6%).
     """
     from cleanpipe.crossval import default_settings
 
+    over: dict = {}
     if epochs is None:
         if len(input_shape) == 1:
             epochs = 60
@@ -52,7 +57,9 @@ def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto
             epochs = 20
         else:
             epochs = 100
-    return default_settings(input_shape, source, model, epochs=epochs, seed=seed)
+    if len(input_shape) == 3 and input_shape[0] == 1 and min(input_shape[1:]) > 16:
+        over = {"batch_size": 256, "lr": 0.1}
+    return default_settings(input_shape, source, model, epochs=epochs, seed=seed, **over)
 
 
 def _prune_inputs(run: Run, method: str, n: int):
@@ -97,6 +104,7 @@ def run_train_stage(
     device: str = "auto",
     forget_rate: float | None = None,
     clean_labels: bool = False,
+    selection: str = "class",
     progress=None,
 ) -> TrainStage:
     """Train on the run's (noisy) labels and write ``RUN/train/``.
@@ -115,6 +123,9 @@ def run_train_stage(
         for ``all``).
     clean_labels : bool
         Benchmarks only: train on the true labels of a run with synthetic noise (the ceiling).
+    selection : {'class', 'batch'}
+        How the Co-teaching methods pick small-loss examples: spread over the given labels' classes
+        (default) or the papers' batch-wide rule (``cleanpipe.robust.coteaching``).
     """
     import torch
 
@@ -128,6 +139,8 @@ def run_train_stage(
         raise CleanpipeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if subset not in SUBSETS:
         raise CleanpipeError(f"--subset must be kept or all, got {subset!r}")
+    if selection not in CoTeaching.SELECTIONS:
+        raise CleanpipeError(f"--selection must be class or batch, got {selection!r}")
     if forget_rate is not None and not 0.0 <= forget_rate < 1.0:
         raise CleanpipeError(f"--forget-rate must lie in [0, 1), got {forget_rate}")
     if epochs is not None and epochs < 1:
@@ -167,20 +180,21 @@ def run_train_stage(
             if forget_rate is None:
                 key = "estimated_noise_rate_kept" if (subset == "kept" or method == "incv-coteaching") else "estimated_noise_rate"
                 forget_rate = min(0.9, _estimated_rate(prune_man, key, run))
-            details = {"forget_rate": round(forget_rate, 6), "ramp_epochs": ramp}
+            details = {"forget_rate": round(forget_rate, 6), "ramp_epochs": ramp, "selection": selection}
         if method == "standard":
             step = Standard(label_smoothing=0.0)
         elif method == "coteaching":
-            step = CoTeaching(forget_rate, ramp, is_clean)
+            step = CoTeaching(forget_rate, ramp, is_clean, selection)
         elif method == "coteaching-plus":
             init_epoch = round(0.1 * E) if (len(ds.input_shape) == 3 and ds.input_shape[0] == 3) else 0  # CIFAR: 20 of 200
-            step = CoTeachingPlus(forget_rate, ramp, init_epoch, is_clean)
+            step = CoTeachingPlus(forget_rate, ramp, init_epoch, is_clean, selection)
             details["init_epoch"] = init_epoch
         else:
             eps = float(prune_man["metrics"]["eval_ratio"])
             symmetric = bool(prune_man["parameters"].get("symmetric", True))
             warmup = round(E * (0.4 if (not symmetric or eps > 0.6) else 0.2))  # 80 or 40 of 200 epochs
-            step = IncvCoTeaching(forget_rate, sets[0], sets[1], warmup, ramp, is_clean, n_rows=n + len(ds.y_test))
+            step = IncvCoTeaching(forget_rate, sets[0], sets[1], warmup, ramp, is_clean, n_rows=n + len(ds.y_test),
+                                  selection=selection)
             details.update({"warmup_epochs": warmup, "n_candidates": int(len(sets[1]))})
 
         torch.manual_seed(seed)

@@ -25,6 +25,7 @@ ROWS = [
     ("standard, all noisy labels", ["--method", "standard", "--subset", "all"]),
     ("standard, CL-kept subset", ["--method", "standard", "--subset", "kept"]),
     ("Co-teaching, all", ["--method", "coteaching", "--subset", "all"]),
+    ("Co-teaching, all, papers' batch-wide picks", ["--method", "coteaching", "--subset", "all", "--selection", "batch"]),
     ("Co-teaching, CL-kept subset", ["--method", "coteaching", "--subset", "kept"]),
     ("Co-teaching+, all", ["--method", "coteaching-plus", "--subset", "all"]),
     ("INCV Co-teaching", None),  # after prune --method incv
@@ -69,7 +70,8 @@ def main() -> None:
                 print(f"{cond:>16}  {name:<34} {m['test_accuracy']:.4f}", file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60
     title = "digits (1,437 train / 360 test)" if args.quick else "MNIST-10k (8,000 train / 2,000 test)"
-    print(f"{title}, test accuracy, seed {args.seed}; {minutes:.1f} min on this machine\n")
+    command = " ".join(["python", "pipelines/bench_mnist.py", *sys.argv[1:]])
+    print(f"`{command}`: {title}, test accuracy in %, seed {args.seed}; {minutes:.1f} min on this machine\n")
     heads = [c.replace(":", " ").replace("random 0.4 0.2", "random 0.4 (sparsity 0.2)") for c in args.conditions]
     print("| method | " + " | ".join(heads) + " |")
     print("| --- |" + " --- |" * len(heads))

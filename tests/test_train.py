@@ -27,7 +27,7 @@ def _nets(k=4, seed=0):
 def test_each_network_learns_from_its_peers_small_loss_picks():
     nets = _nets()
     step = _step(nets)
-    method = CoTeaching(forget_rate=0.25, ramp_epochs=1)
+    method = CoTeaching(forget_rate=0.25, ramp_epochs=1, selection="batch")  # the papers' rule
     method.start_epoch(1, 10)  # past the ramp: drop a quarter
     loss, _ = method.loss(step)
     loss.backward()
@@ -40,6 +40,47 @@ def test_each_network_learns_from_its_peers_small_loss_picks():
     F.cross_entropy(nets[0](step.x[picks]), step.y[picks]).backward()
     for a, p in zip(got, nets[0].parameters()):
         assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_class_balanced_picks_spread_over_the_given_classes():
+    from cleanpipe.robust.coteaching import _smallest
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.tensor([0] * 20 + [1] * 20 + [2] * 10)
+    # Class 0's losses are all below class 1's, which are all below class 2's: the papers' rule keeps
+    # only class 0, the class-balanced rule a share of each class's batch count.
+    loss = torch.rand(50, generator=g) + 2.0 * y.float()
+    batch = _smallest(loss, 25)
+    assert [int(batch[y == c].sum()) for c in range(3)] == [20, 5, 0]
+    keep = _smallest(loss, 25, labels=y, n_classes=3)
+    assert int(keep.sum()) == 25
+    assert [int(keep[y == c].sum()) for c in range(3)] == [10, 10, 5]
+    for c in range(3):  # within a class, the smallest losses
+        lc, kc = loss[y == c], keep[y == c]
+        assert lc[kc].max() < lc[~kc].min()
+    # Only eligible examples are kept, ranked within the eligible part of their class.
+    eligible = torch.ones(50, dtype=torch.bool)
+    eligible[:15] = False  # class 0 keeps 5 eligible examples
+    keep = _smallest(loss, 14, eligible, labels=y, n_classes=3)
+    assert not keep[:15].any() and int(keep.sum()) == 14
+    assert [int(keep[y == c].sum()) for c in range(3)] == [2, 8, 4]
+
+
+def test_coteaching_defaults_to_class_balanced_picks():
+    nets = _nets()
+    step = _step(nets, n=40)
+    method = CoTeaching(forget_rate=0.5, ramp_epochs=1)
+    method.start_epoch(1, 10)
+    logits1, logits2 = nets[0](step.x), nets[1](step.x)
+    ce1 = F.cross_entropy(logits1, step.y, reduction="none")
+    ce2 = F.cross_entropy(logits2, step.y, reduction="none")
+    pick1, _ = method._pick(ce1, ce2, step, logits1, logits2)
+    counts = torch.bincount(step.y, minlength=4)
+    kept = torch.bincount(step.y[pick1], minlength=4)
+    assert int(pick1.sum()) == 20
+    assert torch.all((kept - 0.5 * counts).abs() <= 1)
+    with pytest.raises(ValueError, match="selection"):
+        CoTeaching(0.2, selection="per-class")
 
 
 def test_forget_rate_ramps_linearly_to_its_target():

@@ -13,6 +13,15 @@ where the reference code differs or is silent:
   (argmax of the logits, not of a double softmax); its loss is the sum over the picks divided by
   the batch size, so a batch with few disagreements gives a small step and one with none no update.
   Before ``init_epoch`` it is plain Co-teaching.
+- **Class-balanced picks** (``selection="class"``, the default; ``"batch"`` is the papers' rule).
+  The papers keep the batch's smallest losses whatever their labels. At high noise that feeds on
+  itself: the classes a network already predicts have the smallest losses, their examples are
+  picked, and the picks drift to a few classes (MNIST at 80% symmetric noise: both networks ended
+  near 20-30% test accuracy). Here each example is ranked by the quantile of its loss *within its
+  given label's class* in the batch, the loss breaking ties, and the ``n_keep`` lowest are kept: the
+  same number as the papers' rule, spread over the classes in proportion to their share of the
+  batch. Measured on MNIST-10k (``pipelines/bench_mnist.py``, README): symmetric 80% 29% -> 92%,
+  pair-flip 45% 75% -> 92%.
 - Selection is computed without host synchronisation (ranks and masks, no ``.item()``).
 """
 
@@ -25,13 +34,39 @@ import torch.nn.functional as F
 from cleanpipe.engine.method import Method, Step
 
 
-def _smallest(loss: torch.Tensor, n_keep: torch.Tensor | int, eligible: torch.Tensor | None = None) -> torch.Tensor:
-    """Bool mask of the ``n_keep`` smallest losses (among ``eligible``), without a host sync."""
+def _smallest(loss: torch.Tensor, n_keep: torch.Tensor | int, eligible: torch.Tensor | None = None,
+              labels: torch.Tensor | None = None, n_classes: int = 0) -> torch.Tensor:
+    """Bool mask of the ``n_keep`` smallest losses (among ``eligible``), without a host sync.
+
+    Parameters
+    ----------
+    loss : torch.Tensor
+        float (B,): per-example losses.
+    n_keep : int or torch.Tensor
+        How many to keep (a 0-d tensor keeps the GPU from waiting on the host).
+    eligible : torch.Tensor, optional
+        bool (B,): only these may be kept.
+    labels : torch.Tensor, optional
+        int64 (B,): the given labels. With them, selection is class-balanced: examples are ranked by
+        the quantile ``(rank within class + 1/2) / class count`` of their loss among the eligible
+        examples of their class, ties broken by the loss, so every class keeps about the same share.
+    n_classes : int
+        K, needed with ``labels``.
+    """
     loss = loss.detach()
     if eligible is not None:
         loss = torch.where(eligible, loss, torch.full_like(loss, float("inf")))
+    order = loss.argsort(stable=True)
+    if labels is not None:
+        onehot = F.one_hot(labels[order], n_classes)
+        if eligible is not None:
+            onehot = onehot * eligible[order, None]
+        within = (onehot.cumsum(0) * onehot).sum(1)  # 1-based rank within its class, in loss order; 0 if not eligible
+        count = onehot.sum(0)[labels[order]].clamp_min(1)
+        quantile = torch.where(within > 0, (within - 0.5) / count, torch.full_like(within, 2.0, dtype=torch.float))
+        order = order[quantile.argsort(stable=True)]  # stable: equal quantiles stay in loss order
     rank = torch.empty_like(loss, dtype=torch.long)
-    rank[loss.argsort(stable=True)] = torch.arange(len(loss), device=loss.device)
+    rank[order] = torch.arange(len(loss), device=loss.device)
     keep = rank < n_keep
     return keep if eligible is None else keep & eligible
 
@@ -53,13 +88,22 @@ class CoTeaching(Method):
     is_clean : np.ndarray, optional
         bool (N,), the truth for diagnostics only: the share of picked examples whose label is
         right (the papers' "pure ratio") goes into the history. Never used for selection.
+    selection : {'class', 'batch'}
+        ``class``: the small-loss picks are spread over the given labels' classes in proportion to
+        their share of the batch (see the module docstring); ``batch``: the papers' rule, the
+        batch's smallest losses whatever their class.
     """
 
     n_nets = 2
+    SELECTIONS = ("class", "batch")
 
-    def __init__(self, forget_rate: float, ramp_epochs: int = 10, is_clean: np.ndarray | None = None) -> None:
+    def __init__(self, forget_rate: float, ramp_epochs: int = 10, is_clean: np.ndarray | None = None,
+                 selection: str = "class") -> None:
         if not 0.0 <= forget_rate < 1.0:
             raise ValueError(f"forget rate must be in [0, 1), got {forget_rate}")
+        if selection not in self.SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(self.SELECTIONS)}, got {selection!r}")
+        self.selection = selection
         self.target = float(forget_rate)
         self.ramp_epochs = max(1, int(ramp_epochs))
         self.rate = 0.0
@@ -75,7 +119,13 @@ class CoTeaching(Method):
               logits2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each network's small-loss picks (bool masks over the batch)."""
         n_keep = int(round((1.0 - self.rate) * len(step.y)))
-        return _smallest(ce1, n_keep), _smallest(ce2, n_keep)
+        return self._smallest(ce1, n_keep, step, logits1), self._smallest(ce2, n_keep, step, logits2)
+
+    def _smallest(self, ce: torch.Tensor, n_keep, step: Step, logits: torch.Tensor,
+                  eligible: torch.Tensor | None = None) -> torch.Tensor:
+        if self.selection == "batch":
+            return _smallest(ce, n_keep, eligible)
+        return _smallest(ce, n_keep, eligible, labels=step.y, n_classes=logits.shape[1])
 
     def _exchange(self, ce1: torch.Tensor, ce2: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> torch.Tensor:
         """Net 1 learns from net 2's picks and net 2 from net 1's: the mean loss over each."""
@@ -112,8 +162,8 @@ class CoTeachingPlus(CoTeaching):
     """Co-teaching+: after ``init_epoch``, the small-loss exchange runs only on the examples the networks disagree on."""
 
     def __init__(self, forget_rate: float, ramp_epochs: int = 10, init_epoch: int = 0,
-                 is_clean: np.ndarray | None = None) -> None:
-        super().__init__(forget_rate, ramp_epochs, is_clean)
+                 is_clean: np.ndarray | None = None, selection: str = "class") -> None:
+        super().__init__(forget_rate, ramp_epochs, is_clean, selection)
         self.init_epoch = int(init_epoch)
         self.epoch = 0
 
@@ -126,7 +176,8 @@ class CoTeachingPlus(CoTeaching):
             return super()._pick(ce1, ce2, step, logits1, logits2)
         disagree = logits1.detach().argmax(1) != logits2.detach().argmax(1)
         n_keep = torch.floor((1.0 - self.rate) * disagree.sum())
-        return _smallest(ce1, n_keep, disagree), _smallest(ce2, n_keep, disagree)
+        return (self._smallest(ce1, n_keep, step, logits1, disagree),
+                self._smallest(ce2, n_keep, step, logits2, disagree))
 
     def _exchange(self, ce1, ce2, pick1, pick2):
         # Summed over the picks and divided by the batch size: a batch with few disagreements moves the
@@ -158,8 +209,9 @@ class IncvCoTeaching(CoTeaching):
     """
 
     def __init__(self, forget_rate: float, selected: np.ndarray, candidates: np.ndarray, warmup_epochs: int,
-                 ramp_epochs: int = 10, is_clean: np.ndarray | None = None, n_rows: int | None = None) -> None:
-        super().__init__(forget_rate, ramp_epochs, is_clean)
+                 ramp_epochs: int = 10, is_clean: np.ndarray | None = None, n_rows: int | None = None,
+                 selection: str = "class") -> None:
+        super().__init__(forget_rate, ramp_epochs, is_clean, selection)
         self.warmup_epochs = int(warmup_epochs)
         self.mixed = np.union1d(selected, candidates)
         n_rows = int(max(self.mixed.max(initial=0) + 1, n_rows or 0))
@@ -176,4 +228,4 @@ class IncvCoTeaching(CoTeaching):
             self._in_s = torch.as_tensor(self._in_s_np, device=step.idx.device)
         b_s = self._in_s[step.idx].sum()
         n_keep = torch.round((1.0 - self.rate) * b_s)
-        return _smallest(ce1, n_keep), _smallest(ce2, n_keep)
+        return self._smallest(ce1, n_keep, step, logits1), self._smallest(ce2, n_keep, step, logits2)
