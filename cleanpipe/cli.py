@@ -430,13 +430,23 @@ def print_theory_summary(run_dir: Path, stage) -> None:
 @user_errors
 def train(
     run_dir: Path = RunArg,
-    method: str = typer.Option("standard", "--method", help="standard | coteaching | coteaching-plus | incv-coteaching"),
+    method: str = typer.Option("standard", "--method", help="standard | coteaching | coteaching-plus | incv-coteaching | l2r | ieg"),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
     forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
     selection: str = typer.Option("class", "--selection", help="Co-teaching's small-loss picks: class (spread over the given labels' classes) | batch (the papers' rule)."),
+    probe_per_class: int = typer.Option(10, "--probe-per-class", help="IEG/L2R: trusted examples per class, held out of training."),
+    probe_labels: Optional[Path] = typer.Option(None, "--probe-labels", help="IEG/L2R: hand-checked labels (CSV id,label or JSON {id: label}); default the true labels of a benchmark run."),
+    ce_factor: float = typer.Option(5.0, "--ce-factor", help="IEG: weight of the MixUp loss on the training rows (p)."),
+    consistency_factor: float = typer.Option(20.0, "--consistency-factor", help="IEG: weight of the weak/strong KL (k)."),
+    temperature: float = typer.Option(0.5, "--temperature", help="IEG: sharpening of the pseudo labels."),
+    views: int = typer.Option(2, "--views", help="IEG: augmentations averaged for a pseudo label (weak + strong ones)."),
+    mixup: bool = typer.Option(True, "--mixup/--no-mixup", help="IEG: MixUp of probe and training rows."),
+    ema: float = typer.Option(0.999, "--ema", help="IEG/L2R: decay of the weight average that is evaluated (0: off)."),
+    policy: str = typer.Option("auto", "--policy", help="IEG's strong augmentation: auto (AutoAugment on colour, RandAugment on grey) | autoaugment | randaugment."),
+    meta_route: str = typer.Option("jvp", "--meta-route", help="IEG/L2R meta-gradient: jvp (one forward-mode pass) | autograd (second-order backward)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
@@ -453,16 +463,21 @@ def train(
       [bold]cleanpipe train runs/demo --method standard --subset all[/]   (the baseline: all noisy labels)
 
       [bold]cleanpipe train runs/demo --method incv-coteaching[/]   (after cleanpipe prune runs/demo --method incv)
+
+      [bold]cleanpipe train runs/demo --method ieg --subset all --probe-per-class 10[/]   (trusted probe: the benchmark's true labels, or --probe-labels FILE)
     """
     from cleanpipe.progress import RichProgress
     from cleanpipe.run import Run
-    from cleanpipe.train import run_train_stage
+    from cleanpipe.train import IegOptions, run_train_stage
 
     _set_threads(threads)
+    ieg = IegOptions(probe_per_class=probe_per_class, probe_labels=None if probe_labels is None else str(probe_labels),
+                     ce_factor=ce_factor, consistency_factor=consistency_factor, temperature=temperature, views=views,
+                     mixup=mixup, ema=ema, policy=policy, route=meta_route)
     with RichProgress(console) as progress:
         stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs, seed=seed,
                                 device=device, forget_rate=forget_rate, clean_labels=clean_labels, selection=selection,
-                                progress=progress)
+                                ieg=ieg, progress=progress)
     print_train_summary(run_dir, stage)
 
 
@@ -476,7 +491,8 @@ def print_train_summary(run_dir: Path, stage) -> None:
     )
     console.print(
         f"[dim]{m['train_seconds']:.1f}s of training on {stage.manifest['device']}; "
-        f"wrote {run_dir / 'train'}/ model.pt history.csv manifest.json[/]"
+        f"wrote {run_dir / 'train'}/ model.pt history.csv"
+        f"{' example_weights.csv probe.csv' if (run_dir / 'train' / 'example_weights.csv').is_file() else ''} manifest.json[/]"
     )
 
 

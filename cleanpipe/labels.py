@@ -268,3 +268,77 @@ def _names_to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None
             )
             raise CleanpipeError(f"labels file {path}: unknown class {v!r} at entry {i}{known}")
     return out
+
+
+def read_partial_labels(path: Path, ids: Sequence[str], class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels for *some* examples, by ID: a hand-checked subset such as IEG's trusted probe set.
+
+    Parameters
+    ----------
+    path : Path
+        ``.csv`` with an ``id`` column and a label column (as for :func:`read_labels`), or ``.json``
+        ``{id: label}``; keys may also be paths ending in ``/<ID>``. Labels are class ids or names.
+    ids : sequence of str
+        The IDs of the examples the rows refer to (the training split's).
+    class_names : sequence of str, optional
+
+    Returns
+    -------
+    rows : np.ndarray
+        int64 (M,): positions in ``ids``, ascending.
+    labels : np.ndarray
+        int64 (M,): their labels.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise CleanpipeError(f"labels file {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            mapping = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+            raise CleanpipeError(f"labels file {path}: not a valid JSON object of {{id: label}} ({e})") from None
+        if not isinstance(mapping, dict):
+            raise CleanpipeError(f"labels file {path}: expected a JSON object {{id: label}} for some examples")
+    elif suffix == ".csv":
+        try:
+            head = pd.read_csv(path, nrows=0)
+            cols = {str(c).lower(): c for c in head.columns}
+            if ID_COLUMN not in cols:
+                raise CleanpipeError(f"labels file {path}: needs an `id` column naming the examples it labels")
+            df = pd.read_csv(path, dtype={cols[ID_COLUMN]: str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise CleanpipeError(f"labels file {path}: not a readable CSV ({e})") from None
+        col = _label_column(df, path)
+        if df[col].isna().any():
+            raise CleanpipeError(f"labels file {path}: some rows have no label")
+        keys = df[cols[ID_COLUMN]].astype(str).tolist()
+        if pd.Index(keys).duplicated().any():
+            raise CleanpipeError(f"labels file {path}: an ID appears twice; give each example once")
+        mapping = dict(zip(keys, df[col].tolist()))
+    else:
+        raise CleanpipeError(f"labels file {path}: give a .csv with id and label columns or a .json {{id: label}} object")
+    if not mapping:
+        raise CleanpipeError(f"labels file {path}: no labels in it")
+    position = {str(i): k for k, i in enumerate(ids)}
+    keys = [str(k).replace("\\", "/") for k in mapping]
+    unknown = [k for k in keys if k not in position]
+    tails = _suffix_index(unknown, set(position), path) if unknown else {}
+    by_key = {key: tail for tail, key in tails.items()}
+    rows = []
+    for k in keys:
+        if k in position:
+            rows.append(position[k])
+        elif k in by_key:
+            rows.append(position[by_key[k]])
+        else:
+            raise CleanpipeError(f"labels file {path}: ID {k!r} is not a training example of this run; "
+                                 f"keys must be example IDs or paths ending in /<ID>")
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    if len(np.unique(rows_arr)) != len(rows_arr):
+        raise CleanpipeError(f"labels file {path}: two entries name the same example; keep one")
+    labels = _to_ids(_object_array(list(mapping.values())), path, class_names)
+    order = np.argsort(rows_arr)
+    return rows_arr[order], labels[order]

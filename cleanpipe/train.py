@@ -2,7 +2,8 @@
 
 Methods are loss/selection steps run by the one engine (``cleanpipe.engine.fit``):
 ``standard`` (cross-entropy), ``coteaching``, ``coteaching-plus`` and ``incv-coteaching``
-(``cleanpipe.robust.coteaching``). The test split is scored after every epoch
+(``cleanpipe.robust.coteaching``), ``l2r`` and ``ieg`` (``cleanpipe.robust.ieg``, with a trusted
+probe set held out of the training rows). The test split is scored after every epoch
 (``train/history.csv``); ``train/model.pt`` holds the first network's weights and what is needed
 to rebuild it (load with ``torch.load(path, weights_only=True)``).
 """
@@ -20,10 +21,30 @@ import numpy as np
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.run import Run, load_npy
 
-METHODS = ("standard", "coteaching", "coteaching-plus", "incv-coteaching")
+METHODS = ("standard", "coteaching", "coteaching-plus", "incv-coteaching", "l2r", "ieg")
+PROBE_METHODS = ("l2r", "ieg")
 SUBSETS = ("kept", "all")
 MODEL_FORMAT = "cleanpipe-model-1"
-CHECKPOINT_EVERY_S = 30.0  # an interrupted training resumes from its last checkpoint (see engine.fit)
+CHECKPOINT_EVERY_S = 30.0
+HISTORY_EXTRAS = ("forget_rate", "pure_ratio", "mean_weight", "zero_weight_share", "pseudo_label_share",
+                  "mean_weight_clean", "mean_weight_noisy")  # an interrupted training resumes from its last checkpoint (see engine.fit)
+
+
+@dataclass
+class IegOptions:
+    """IEG's and L2R's settings (``reference/ieg.md`` 2.1 defaults); see :class:`cleanpipe.robust.ieg.IEG`."""
+
+    probe_per_class: int = 10
+    probe_labels: str | None = None
+    ce_factor: float = 5.0
+    consistency_factor: float = 20.0
+    temperature: float = 0.5
+    views: int = 2
+    mixup: bool = True
+    ema: float = 0.999
+    policy: str = "auto"
+    meta_stepsize: float = 0.1
+    route: str = "jvp"
 
 
 @dataclass
@@ -105,6 +126,7 @@ def run_train_stage(
     forget_rate: float | None = None,
     clean_labels: bool = False,
     selection: str = "class",
+    ieg: IegOptions | None = None,
     progress=None,
 ) -> TrainStage:
     """Train on the run's (noisy) labels and write ``RUN/train/``.
@@ -126,6 +148,10 @@ def run_train_stage(
     selection : {'class', 'batch'}
         How the Co-teaching methods pick small-loss examples: spread over the given labels' classes
         (default) or the papers' batch-wide rule (``cleanpipe.robust.coteaching``).
+    ieg : IegOptions, optional
+        The probe set and settings of ``l2r`` and ``ieg``: ``probe_per_class`` trusted examples per
+        class are held out of training, drawn (seeded) from the rows whose clean label is known: the
+        true labels of a benchmark run, or ``probe_labels`` (a user's hand-checked ``id,label`` file).
     """
     import torch
 
@@ -158,7 +184,7 @@ def run_train_stage(
                 raise CleanpipeError(f"--clean-labels needs a run with synthetic noise (true labels known); {run.root} has none")
             labels = truth
         n, K = len(labels), ds.n_classes
-        co = method != "standard"
+        co = method in ("coteaching", "coteaching-plus", "incv-coteaching")  # two networks, a forget rate
         needs_prune = subset == "kept" or method == "incv-coteaching" or (co and forget_rate is None)
         prune_man = keep = sets = None
         if needs_prune:
@@ -168,6 +194,13 @@ def run_train_stage(
             rows = sets[0]
         else:
             rows = np.flatnonzero(keep) if subset == "kept" else np.arange(n)
+        probe = None
+        if method in PROBE_METHODS:
+            ieg = ieg or IegOptions()
+            probe = _probe_set(run, ds, truth, ieg, seed)
+            if ieg.probe_labels:
+                files = [*files, Path(ieg.probe_labels)]
+            rows = np.setdiff1d(rows, probe[0])  # trusted examples are never training data
         if len(rows) < 2:
             raise CleanpipeError(f"only {len(rows)} training example(s) left in the {subset} subset; nothing to train on")
 
@@ -185,6 +218,13 @@ def run_train_stage(
             step = Standard(label_smoothing=0.0)
         elif method == "coteaching":
             step = CoTeaching(forget_rate, ramp, is_clean, selection)
+        elif method in PROBE_METHODS:
+            step = _probe_method(method, ieg, probe, n + len(ds.y_test), is_clean, ds)
+            details = {"probe_size": int(len(probe[0])), **{k: v for k, v in asdict(ieg).items() if k != "probe_labels"}}
+            if method == "ieg":
+                details["policy"] = step.policy  # auto, resolved
+            else:
+                details = {k: details[k] for k in ("probe_size", "probe_per_class", "ema", "meta_stepsize", "route")}
         elif method == "coteaching-plus":
             init_epoch = round(0.1 * E) if (len(ds.input_shape) == 3 and ds.input_shape[0] == 3) else 0  # CIFAR: 20 of 200
             step = CoTeachingPlus(forget_rate, ramp, init_epoch, is_clean, selection)
@@ -206,12 +246,15 @@ def run_train_stage(
         test_rows = n + np.arange(len(ds.y_test))
         data = DeviceData(X_all, dev, fit_rows=rows)
         cfg = settings.train_config(seed)
+        if method in PROBE_METHODS:  # IEG's recipe: plain momentum (its look-ahead reads the buffer), restarts, EMA
+            cfg = settings.train_config(seed, nesterov=False, schedule="restarts", ema=ieg.ema)
         parameters = {"method": method, "subset": subset if method != "incv-coteaching" else "incv-sets",
                       "clean_labels": clean_labels,
                       **{k: v for k, v in asdict(settings).items() if k in ("model", "epochs", "batch_size", "lr", "seed")},
                       **details}
         key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode() + np.ascontiguousarray(rows).tobytes()
-                             + labels.tobytes() + ds.fingerprint().encode()).hexdigest()[:16]
+                             + labels.tobytes() + ds.fingerprint().encode()
+                             + (b"" if probe is None else probe[0].tobytes() + probe[1].tobytes())).hexdigest()[:16]
         checkpoint = run.path("train", "resume") / f"{key}.pt"
         history_file = checkpoint.with_suffix(".history.json")
         history: list[dict] = json.loads(history_file.read_text()) if history_file.is_file() else []
@@ -228,7 +271,7 @@ def run_train_stage(
                    "test_accuracy": round(test_acc[0], 6)}
             if len(test_acc) > 1:
                 row["test_accuracy_peer"] = round(test_acc[1], 6)
-            row.update({k: v for k, v in m.items() if k in ("forget_rate", "pure_ratio")})
+            row.update({k: v for k, v in m.items() if k in HISTORY_EXTRAS})
             row["lr"] = round(m["lr"], 8)
             row["seconds"] = round(time.perf_counter() - epoch_started[0], 3)
             epoch_started[0] = time.perf_counter()
@@ -274,8 +317,82 @@ def run_train_stage(
             import pandas as pd
 
             pd.DataFrame(history).to_csv(w.path("history.csv"), index=False)
+            if probe is not None:
+                _example_weights(step, rows, labels, truth, ds).to_csv(w.path("example_weights.csv"), index=False)
+                pd.DataFrame({"index": probe[0], "id": ds.ids_train[probe[0]], "label": probe[1]}).to_csv(
+                    w.path("probe.csv"), index=False)
             manifest = w.finish(parameters=parameters, metrics=metrics, device=device_name(dev))
         return TrainStage(manifest, history)
+
+
+def _probe_set(run: Run, ds, truth: np.ndarray | None, opts: IegOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``opts.probe_per_class`` trusted rows per class (seeded): rows (ascending) and their clean labels."""
+    from cleanpipe.labels import read_partial_labels
+
+    if opts.probe_per_class < 1:
+        raise CleanpipeError(f"--probe-per-class must be at least 1, got {opts.probe_per_class}")
+    if opts.probe_labels:
+        rows, trusted = read_partial_labels(Path(opts.probe_labels), [str(i) for i in ds.ids_train], ds.class_names)
+        if trusted.max(initial=0) >= ds.n_classes:
+            raise CleanpipeError(f"{opts.probe_labels}: label {trusted.max()} is out of range; classes are 0..{ds.n_classes - 1}")
+        source = f"{opts.probe_labels}"
+    elif truth is not None:
+        rows, trusted, source = np.arange(len(truth)), truth, "the true labels"
+    else:
+        raise CleanpipeError(
+            f"{run.root} has no known clean labels for IEG/L2R's probe set; pass --probe-labels FILE "
+            "(a CSV with id,label columns, or a JSON {id: label}, for a few hand-checked examples per class)"
+        )
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(ds.n_classes):
+        of_class = rows[trusted == c]
+        if len(of_class) < opts.probe_per_class:
+            raise CleanpipeError(
+                f"class {ds.class_names[c]!r} has {len(of_class)} trusted example(s) in {source}, fewer than "
+                f"--probe-per-class {opts.probe_per_class}; label more of it or lower --probe-per-class"
+            )
+        chosen.append(rng.choice(of_class, opts.probe_per_class, replace=False))
+    picked = np.sort(np.concatenate(chosen))
+    label_of = dict(zip(rows.tolist(), trusted.tolist()))
+    return picked, np.array([label_of[r] for r in picked.tolist()], dtype=np.int64)
+
+
+def _probe_method(method: str, opts: IegOptions, probe, n_rows: int, is_clean, ds):
+    from cleanpipe.robust.ieg import IEG, L2R, ROUTES
+
+    if opts.route not in ROUTES:
+        raise CleanpipeError(f"--meta-route must be one of {', '.join(ROUTES)}, got {opts.route!r}")
+    if method == "l2r":
+        return L2R(probe[0], probe[1], n_rows, meta_stepsize=opts.meta_stepsize, route=opts.route, is_clean=is_clean)
+    policy = opts.policy
+    if policy == "auto":  # kornia's AutoAugment is an RGB policy; grey images get RandAugment (the spec: on par)
+        policy = "autoaugment" if (len(ds.input_shape) == 3 and ds.input_shape[0] == 3) else "randaugment"
+    if policy not in ("autoaugment", "randaugment"):
+        raise CleanpipeError(f"--policy must be auto, autoaugment or randaugment, got {opts.policy!r}")
+    for name, value, low in (("--views", opts.views, 2), ("--temperature", opts.temperature, 1e-9)):
+        if value < low:
+            raise CleanpipeError(f"{name} must be at least {low if name == '--views' else 'above 0'}, got {value}")
+    return IEG(probe[0], probe[1], n_rows, ce_factor=opts.ce_factor, consistency_factor=opts.consistency_factor,
+               temperature=opts.temperature, views=opts.views, mixup=opts.mixup, meta_stepsize=opts.meta_stepsize,
+               policy=policy, route=opts.route, is_clean=is_clean)
+
+
+def _example_weights(step, rows: np.ndarray, labels: np.ndarray, truth, ds):
+    """``train/example_weights.csv``: each training row's meta weight and label source, averaged over training, lowest weight first."""
+    import pandas as pd
+
+    rec = step.example_records()
+    df = pd.DataFrame({"index": rows, "id": ds.ids_train[rows], "given_label": labels[rows],
+                       "mean_weight": np.round(rec["weight"][rows], 6),
+                       "zero_weight_share": np.round(rec["zero"][rows], 6)})
+    if "pseudo" in rec:
+        df["pseudo_label_share"] = np.round(rec["pseudo"][rows], 6)
+    df["steps_seen"] = rec["seen"][rows]
+    if truth is not None:
+        df["true_label"] = truth[rows]
+        df["is_true_error"] = truth[rows] != labels[rows]
+    return df.sort_values(["mean_weight", "index"], kind="stable")
 
 
 def load_model(path: Path):

@@ -43,11 +43,20 @@ class DeviceData:
 
     def batch(self, idx: torch.Tensor, augment: "Augment | None" = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Float32 normalised features of rows ``idx``, augmented as a whole batch."""
+        return self.normalize(self.batch_raw(idx, augment, generator))
+
+    def batch_raw(self, idx: torch.Tensor, augment: "Augment | None" = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rows ``idx`` before normalisation: images as float32 in [0, 1] (augmented), features as stored."""
         x = self.X[idx]
         if self.is_image:
             x = x.float() / 255.0
             if augment is not None:
                 x = augment(x, generator)
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise a raw batch with the training rows' statistics."""
         return (x - self.mean) / self.std
 
 
@@ -89,5 +98,20 @@ class Augment:
             self._policy = (
                 auto.AutoAugment(policy="cifar10") if self.policy == "autoaugment" else auto.RandAugment(n=2, m=10)
             ).to(x.device)
+        if x.shape[1] == 1:  # kornia's colour ops want RGB: grey as 3 equal channels, averaged back
+            return self._policy(x.expand(-1, 3, -1, -1)).mean(1, keepdim=True).clamp_(0.0, 1.0)
         return self._policy(x).clamp_(0.0, 1.0)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square per image, centred uniformly and clipped at the borders (Cutout)."""
+    B, _, H, W = x.shape
+    dev = x.device
+    cy = torch.randint(0, H, (B,), generator=generator, device=dev)[:, None, None]
+    cx = torch.randint(0, W, (B,), generator=generator, device=dev)[:, None, None]
+    ys = torch.arange(H, device=dev)[None, :, None]
+    xs = torch.arange(W, device=dev)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return x.masked_fill(inside[:, None], 0.0)
 

@@ -26,6 +26,11 @@ class Step:
     idx : torch.Tensor
         int64 (B,): the rows of the batch, for per-example state (weights, pseudo labels).
     epoch, step, total_steps : int
+    x_raw : torch.Tensor, optional
+        The same batch before normalisation (images: float32 in [0, 1] after the weak
+        augmentation), for methods that make further views of it (IEG's strong view).
+    generator : torch.Generator, optional
+        The epoch's generator on the data's device, for a method's own random draws.
     """
 
     nets: Sequence[nn.Module]
@@ -35,12 +40,18 @@ class Step:
     epoch: int
     step: int
     total_steps: int
+    x_raw: torch.Tensor | None = None
+    generator: torch.Generator | None = None
 
 
 class Method:
     """Base class: override :meth:`loss`; the other hooks are optional."""
 
     n_nets = 1
+
+    def bind(self, data, augment, optimizer) -> None:
+        """Called once by ``fit`` before training: the device data (for extra batches such as a
+        probe set), the weak augmentation, and the optimizer (whose momentum a look-ahead reads)."""
 
     def start_epoch(self, epoch: int, n_epochs: int) -> None:
         """Called before each epoch (e.g. to ramp a forget rate)."""

@@ -1,0 +1,471 @@
+"""IEG (Zhang et al. 2020) and L2R (Ren et al. 2018): meta re-weighting and re-labeling with a trusted probe set.
+
+Specification: ``reference/ieg.md``. Both are :class:`~cleanpipe.engine.method.Method` steps run
+by the one engine. Each step takes a virtual SGD step on the noisy batch, measures the loss of a
+small trusted *probe* batch after it, and differentiates that probe loss with respect to every
+example's loss weight ``w`` (and, for IEG, the mixing ``ε`` between its given label and its pseudo
+label). The meta-gradient is computed in one of two ways, which agree to rounding (tested):
+
+- ``route="jvp"`` (default): one backward pass gives ``v = ∇_θ' L_probe``; one forward-mode JVP of
+  the batch's logits along ``v`` (``torch.func.jvp``) gives every example's ``J_i v``; then
+  ``∂L/∂w_i = -α (softmax(z_i) - ỹ_i) · J_i v`` and ``∂L/∂ε_i = -α w_i (p̂_i - y_i) · J_i v`` (spec 1.6).
+  Exact, because each example's loss depends on θ only through the logits.
+- ``route="autograd"``: the look-ahead built with ``create_graph=True``, the probe loss through
+  ``torch.func.functional_call`` at θ', and a second-order backward to ``(w, ε)`` (spec 6.2 a).
+
+Where this follows or fixes the reference (spec section 1 and 6.4):
+
+- Followed: logit norm (one scalar per B x K chunk) in label guessing and the MixUp loss only; K = 2
+  views (weak + strong) averaged and sharpened with T = 0.5; MixUp of probe, weak and strong rows
+  with λ = max(u^(1/β)/2, 1 - u^(1/β)/2) per row (1 - u²/2 at β = 0.5) and one permutation over all
+  rows; ``xe = l_loss + ce_factor · u_loss``; ``(L1 + L2)/2 + xe + consistency_factor · KL``; the
+  look-ahead at w = 1/B, ε = 0.9 with α = 0.1 fixed and the optimizer's momentum buffer (μ = 0.9);
+  weights ``relu(-∂w)`` normalised by their sum + 1e-5 (they may all be zero); ε* = 1 iff ∂ε < 0;
+  only the weak pass updates BatchNorm's running statistics; SGD with plain (not Nesterov)
+  momentum, cosine decay with restarts and an EMA of the weights for evaluation (set by the train stage).
+- Fixed or chosen: the pseudo label is detached inside the look-ahead (the reference lets gradient
+  flow through it, probably by accident, spec 1.4; ``detach`` is also what makes the JVP route exact).
+  Weight decay is the engine's: on weights of rank > 1 (conv and linear kernels), both in the
+  look-ahead step and in the probe loss at θ' (``wd/2 · ||θ'||²``). The probe batch cycles through
+  the probe set in class-interleaved order (a whole, class-balanced probe set per batch when it is
+  no larger than the batch). With dropout in the network the JVP route draws its own mask.
+- L2R: weak augmentation only, look-ahead from w = 0 without momentum, loss ``Σ w*_i ℓ_i``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp
+
+from cleanpipe.engine.data import Augment, cutout
+from cleanpipe.engine.method import Method, Step
+
+ROUTES = ("jvp", "autograd")
+
+
+def logit_norm(z: torch.Tensor) -> torch.Tensor:
+    """``z / sqrt(mean(z²) + 1e-8)``: one scalar for the whole (n, K) chunk, not one per row."""
+    return z / torch.sqrt(z.pow(2).mean() + 1e-8)
+
+
+def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Temperature sharpening of probability rows: ``p^(1/T)`` renormalised."""
+    p = p.pow(1.0 / temperature)
+    return p / p.sum(1, keepdim=True)
+
+
+def soft_cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-row ``-Σ_c t_c log softmax(z)_c`` for soft targets, float (n,)."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(1)
+
+
+def mixup_lambda(n: int, beta: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    """IEG's per-row mixing weights ``max(u^(1/β)/2, 1 - u^(1/β)/2)`` in [0.5, 1] (not a Beta draw)."""
+    a = torch.rand(n, generator=generator, device=device).pow(1.0 / beta) / 2
+    return torch.maximum(a, 1 - a)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(net: nn.Module):
+    """In training mode, BatchNorm normalises by the batch but leaves its running statistics alone.
+
+    (``track_running_stats`` off for the duration: nothing is written, which torch.func's transforms
+    also require.)
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def _full(z: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 (bf16 under autocast is widened; float64 stays, for exact tests)."""
+    return z if z.dtype == torch.float64 else z.float()
+
+
+def _module(net: nn.Module) -> nn.Module:
+    return getattr(net, "_orig_mod", net)  # the eager module behind torch.compile
+
+
+def meta_gradients(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    logits: torch.Tensor,
+    x_probe: torch.Tensor,
+    y_probe: torch.Tensor,
+    *,
+    w0: float,
+    eps0: float | None = None,
+    pseudo: torch.Tensor | None = None,
+    alpha: float = 0.1,
+    momentum: dict[str, torch.Tensor] | None = None,
+    mu: float = 0.0,
+    weight_decay: dict[str, float] | None = None,
+    route: str = "jvp",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Derivatives of the probe loss after a one-step look-ahead with respect to per-example weights and ε.
+
+    The look-ahead is ``θ' = θ - α (μ m + ∇_θ [Σ_i w_i CE(ỹ_i(ε), z_i)] + wd θ)`` with
+    ``ỹ_i(ε) = ε_i y_i + (1 - ε_i) p̂_i`` (``y_i`` alone without ``eps0``); the probe loss is
+    ``mean CE(y_probe, f(x_probe; θ')) + Σ wd/2 ||θ'||²``.
+
+    Parameters
+    ----------
+    net : nn.Module
+        In training mode (BatchNorm uses batch statistics; its running statistics are not touched here).
+    x : torch.Tensor
+        The batch, float (B, ...), normalised.
+    y : torch.Tensor
+        int64 (B,): the given labels.
+    logits : torch.Tensor
+        float (B, K): ``net(x)`` at θ, still in the autograd graph (the autograd route differentiates it).
+    x_probe, y_probe : torch.Tensor
+        The trusted batch, float (P, ...), and its int64 (P,) labels.
+    w0 : float
+        The weights at which to differentiate (IEG 1/B, L2R 0).
+    eps0 : float, optional
+        ε at which to differentiate (IEG 0.9); None for L2R (no label choice).
+    pseudo : torch.Tensor, optional
+        float (B, K) pseudo labels, needed with ``eps0``; treated as constants.
+    alpha : float
+        Look-ahead step size.
+    momentum : dict of str to torch.Tensor, optional
+        The optimizer's momentum buffer per parameter name (read before its step), with ``mu``.
+    weight_decay : dict of str to float, optional
+        Weight decay per parameter name (missing: 0).
+    route : {'jvp', 'autograd'}
+
+    Returns
+    -------
+    grad_w : torch.Tensor
+        float (B,).
+    grad_eps : torch.Tensor or None
+        float (B,), None without ``eps0``.
+    """
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    net = _module(net)
+    names, params = zip(*[(n, p) for n, p in net.named_parameters() if p.requires_grad])
+    buffers = dict(net.named_buffers())  # read only: every pass here runs under frozen_batchnorm
+    momentum, weight_decay = momentum or {}, weight_decay or {}
+    K = logits.shape[1]
+    y1 = F.one_hot(y, K).to(logits.dtype)
+    pseudo = None if pseudo is None else pseudo.detach().to(logits.dtype)
+    B = len(y)
+
+    def shift(name: str, p: torch.Tensor) -> torch.Tensor:
+        # The look-ahead's parts that do not depend on (w, ε): momentum and weight decay.
+        out = weight_decay.get(name, 0.0) * p.detach()
+        if mu and name in momentum:
+            out = out + mu * momentum[name]
+        return out
+
+    def probe_loss(new: dict[str, torch.Tensor]) -> torch.Tensor:
+        with frozen_batchnorm(net):
+            z = _full(functional_call(net, {**new, **buffers}, (x_probe,)))
+        reg = sum(weight_decay.get(n, 0.0) / 2 * new[n].pow(2).sum() for n in names)
+        return F.cross_entropy(z, y_probe) + reg
+
+    if route == "autograd":
+        w = torch.full((B,), float(w0), device=x.device, dtype=logits.dtype, requires_grad=True)
+        leaves = [w]
+        target = y1
+        if eps0 is not None:
+            eps = torch.full((B,), float(eps0), device=x.device, dtype=logits.dtype, requires_grad=True)
+            leaves.append(eps)
+            target = eps[:, None] * y1 + (1 - eps[:, None]) * pseudo
+        look = (w * soft_cross_entropy(target, logits)).sum()
+        grads = torch.autograd.grad(look, params, create_graph=True)
+        new = {n: p.detach() - alpha * (shift(n, p) + g) for n, p, g in zip(names, params, grads)}
+        # retain_graph: the caller's final loss still backpropagates through ``logits``.
+        out = torch.autograd.grad(probe_loss(new), leaves, retain_graph=True)
+        return out[0], (out[1] if eps0 is not None else None)
+
+    target0 = y1 if eps0 is None else eps0 * y1 + (1 - eps0) * pseudo
+    if w0 != 0.0:
+        look = (w0 * soft_cross_entropy(target0, logits)).sum()
+        grads = torch.autograd.grad(look, params, retain_graph=True)
+    else:
+        grads = [torch.zeros_like(p) for p in params]
+    new = {n: (p.detach() - alpha * (shift(n, p) + g)).requires_grad_(True) for n, p, g in zip(names, params, grads)}
+    v = torch.autograd.grad(probe_loss(new), [new[n] for n in names])
+
+    def batch_logits(*ps):
+        return _full(functional_call(net, {**dict(zip(names, ps)), **buffers}, (x,)))
+
+    with frozen_batchnorm(net):
+        z, dz = jvp(batch_logits, tuple(p.detach() for p in params), tuple(t.detach() for t in v))
+    q = torch.softmax(z, dim=1)
+    grad_w = -alpha * ((q - target0) * dz).sum(1)
+    grad_eps = None if eps0 is None else -alpha * w0 * ((pseudo - y1) * dz).sum(1)
+    return grad_w.detach(), (None if grad_eps is None else grad_eps.detach())
+
+
+def normalized_weights(grad_w: torch.Tensor) -> torch.Tensor:
+    """L2R's weights from the meta-gradient: ``relu(-g) / (Σ relu(-g) + 1e-5)`` (all zero is possible)."""
+    w = torch.relu(-grad_w)
+    return w / (w.sum() + 1e-5)
+
+
+class _ProbeMethod(Method):
+    """Shared by L2R and IEG: the probe set, its batches, the look-ahead's inputs and per-example records."""
+
+    def __init__(self, probe_rows: np.ndarray, probe_labels: np.ndarray, n_rows: int, *, meta_stepsize: float = 0.1,
+                 route: str = "jvp", is_clean: np.ndarray | None = None) -> None:
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        probe_rows = np.asarray(probe_rows, dtype=np.int64)
+        probe_labels = np.asarray(probe_labels, dtype=np.int64)
+        if len(probe_rows) == 0 or len(probe_rows) != len(probe_labels):
+            raise ValueError("the probe set needs at least one row and one label per row")
+        # Class-interleaved (c0, c1, ..., c0, c1, ...): consecutive slices are class-balanced.
+        order = np.lexsort((np.arange(len(probe_labels)), probe_labels))
+        within = np.zeros(len(order), dtype=np.int64)
+        for c in np.unique(probe_labels):
+            at = order[probe_labels[order] == c]
+            within[at] = np.arange(len(at))
+        inter = np.lexsort((probe_labels, within))
+        self.probe_rows_np, self.probe_labels_np = probe_rows[inter], probe_labels[inter]
+        self.alpha, self.route = float(meta_stepsize), route
+        self.n_rows = int(n_rows)
+        self._clean_np = None if is_clean is None else np.asarray(is_clean, dtype=bool)
+        self.data = self.augment = self.optimizer = None
+        self._records: dict[str, torch.Tensor] | None = None
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+
+    def bind(self, data, augment, optimizer) -> None:
+        self.data, self.augment, self.optimizer = data, augment, optimizer
+        dev = data.device
+        self.probe_rows = torch.as_tensor(self.probe_rows_np, device=dev)
+        self.probe_labels = torch.as_tensor(self.probe_labels_np, device=dev)
+        if self._records is None:
+            self._records = {k: torch.zeros(self.n_rows, device=dev) for k in self.RECORDS}
+        else:
+            self._records = {k: v.to(dev) for k, v in self._records.items()}
+        self._clean = None if self._clean_np is None else torch.as_tensor(self._clean_np, device=dev)
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        self._epoch_sums = {}
+
+    def _probe_batch(self, step: Step, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.probe_rows)
+        size = min(size, n)
+        at = (step.step * size + torch.arange(size, device=self.probe_rows.device)) % n
+        rows = self.probe_rows[at]
+        x = self.data.batch(rows, self.augment, step.generator)
+        if x.ndim == 4 and step.x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.probe_labels[at]
+
+    def _meta_inputs(self, net: nn.Module) -> tuple[dict, dict]:
+        """The optimizer's momentum buffers (read before its step) and weight decay, by parameter name."""
+        decay = {id(p): g.get("weight_decay", 0.0) for g in self.optimizer.param_groups for p in g["params"]}
+        mom, wd = {}, {}
+        for name, p in _module(net).named_parameters():
+            if decay.get(id(p), 0.0):
+                wd[name] = decay[id(p)]
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                mom[name] = buf.detach()
+        return mom, wd
+
+    def _record(self, step: Step, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            self._records[k].index_add_(0, step.idx, v.detach().float())
+            total = v.detach().float().sum()
+            self._epoch_sums[k] = self._epoch_sums.get(k, 0) + total
+        self._records["seen"].index_add_(0, step.idx, torch.ones(len(step.idx), device=step.idx.device))
+        self._epoch_sums["seen"] = self._epoch_sums.get("seen", 0) + len(step.idx)
+        if self._clean is not None:
+            clean = self._clean[step.idx].float()
+            w = values["weight"].detach().float()
+            for key, val in (("w_clean", (w * clean).sum()), ("w_noisy", (w * (1 - clean)).sum()),
+                             ("n_clean", clean.sum()), ("n_noisy", (1 - clean).sum())):
+                self._epoch_sums[key] = self._epoch_sums.get(key, 0) + val
+
+    def epoch_metrics(self) -> dict:
+        s = self._epoch_sums
+        if not s:
+            return {}
+        seen = float(s["seen"])
+        out = {"mean_weight": round(float(s["weight"]) / seen, 6), "zero_weight_share": round(float(s["zero"]) / seen, 6)}
+        if "pseudo" in s:
+            out["pseudo_label_share"] = round(float(s["pseudo"]) / seen, 6)
+        if "n_clean" in s and float(s["n_clean"]) > 0 and float(s["n_noisy"]) > 0:
+            out["mean_weight_clean"] = round(float(s["w_clean"]) / float(s["n_clean"]), 6)
+            out["mean_weight_noisy"] = round(float(s["w_noisy"]) / float(s["n_noisy"]), 6)
+        return out
+
+    def example_records(self) -> dict[str, np.ndarray]:
+        """Per row, averaged over the steps that saw it: ``weight`` (B·w*, 1 = a uniform weight),
+        ``zero`` (share of steps with weight 0), ``pseudo`` (IEG: share of steps that chose the pseudo label),
+        and ``seen`` (how many steps saw it)."""
+        rec = {k: v.detach().cpu().numpy() for k, v in self._records.items()}
+        seen = rec.pop("seen")
+        out = {k: np.where(seen > 0, v / np.maximum(seen, 1), np.nan) for k, v in rec.items()}
+        out["seen"] = seen.astype(np.int64)
+        return out
+
+    def state_dict(self) -> dict:
+        return {} if self._records is None else {k: v.detach().cpu() for k, v in self._records.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._records = {k: v.clone() for k, v in state.items()}
+
+
+class L2R(_ProbeMethod):
+    """Learning to Reweight: per-example weights from the probe loss after a virtual step from w = 0.
+
+    Parameters
+    ----------
+    probe_rows : np.ndarray
+        int (P,): rows of the trusted examples in the engine's data (never trained on).
+    probe_labels : np.ndarray
+        int (P,): their clean labels.
+    n_rows : int
+        Rows in the engine's data (for the per-example records).
+    meta_stepsize : float
+        α of the look-ahead (0.1, fixed).
+    route : {'jvp', 'autograd'}
+    is_clean : np.ndarray, optional
+        bool (n_rows,): the truth, for the history's diagnostics only.
+    """
+
+    RECORDS = ("weight", "zero", "seen")
+
+    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        net = step.nets[0]
+        logits = net(step.x).float()
+        x_p, y_p = self._probe_batch(step, len(step.y))
+        mom, wd = self._meta_inputs(net)
+        grad_w, _ = meta_gradients(net, step.x, step.y, logits, x_p, y_p, w0=0.0, alpha=self.alpha,
+                                   weight_decay=wd, route=self.route)
+        w = normalized_weights(grad_w)
+        B = len(step.y)
+        self._record(step, weight=w * B, zero=(w == 0).float())
+        return (w * F.cross_entropy(logits, step.y, reduction="none")).sum(), logits
+
+
+class IEG(_ProbeMethod):
+    """IEG: re-weighting and re-labeling by the meta-gradient, MixUp with the probe set, and consistency.
+
+    Parameters
+    ----------
+    probe_rows, probe_labels, n_rows, meta_stepsize, route, is_clean
+        As for :class:`L2R`.
+    ce_factor : float
+        Weight of the MixUp loss on the training rows ("p", 5).
+    consistency_factor : float
+        Weight of the KL between the weak and strong views ("k", 20).
+    temperature : float
+        Sharpening of the averaged predictions (0.5).
+    views : int
+        Augmentations averaged for the pseudo label: the weak view and ``views - 1`` strong views (2).
+    mixup : bool
+        The MixUp loss (off: ``xe = 0``).
+    beta : float
+        MixUp's shape (0.5).
+    meta_momentum : float
+        μ of the look-ahead, on the optimizer's momentum buffer (0.9).
+    eps_init : float
+        ε at which the label choice is differentiated, and the mix of the L2 labels (0.9).
+    policy : {'autoaugment', 'randaugment'}
+        The strong augmentation (kornia, on whole batches); images only. Tables get Gaussian noise
+        (0.2 standard deviations) and 20% feature dropout instead.
+    """
+
+    RECORDS = ("weight", "zero", "pseudo", "seen")
+
+    def __init__(self, probe_rows, probe_labels, n_rows, *, ce_factor: float = 5.0, consistency_factor: float = 20.0,
+                 temperature: float = 0.5, views: int = 2, mixup: bool = True, beta: float = 0.5,
+                 meta_stepsize: float = 0.1, meta_momentum: float = 0.9, eps_init: float = 0.9,
+                 policy: str = "autoaugment", route: str = "jvp", is_clean: np.ndarray | None = None) -> None:
+        super().__init__(probe_rows, probe_labels, n_rows, meta_stepsize=meta_stepsize, route=route, is_clean=is_clean)
+        if views < 2:
+            raise ValueError(f"views must be at least 2 (weak + strong), got {views}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if policy not in ("autoaugment", "randaugment"):
+            raise ValueError(f"policy must be autoaugment or randaugment, got {policy!r}")
+        self.ce_factor, self.consistency_factor = float(ce_factor), float(consistency_factor)
+        self.temperature, self.views, self.mixup, self.beta = float(temperature), int(views), bool(mixup), float(beta)
+        self.mu, self.eps_init, self.policy = float(meta_momentum), float(eps_init), policy
+        self._strong_aug = None
+
+    def bind(self, data, augment, optimizer) -> None:
+        super().bind(data, augment, optimizer)
+        if data.is_image:
+            size = min(data.X.shape[2:])
+            # The policy, then pad-4-crop (scaled to the image) and flips as the weak view, then Cutout (half the side).
+            self._strong_aug = (Augment(pad=0, flip=False, policy=self.policy),
+                                Augment(pad=max(1, round(size / 8)), flip=bool(augment and augment.flip)), size // 2)
+
+    def _strong_view(self, step: Step) -> torch.Tensor:
+        if self._strong_aug is None:  # tables: noise and feature dropout on the normalised features
+            g = step.generator
+            noise = torch.randn(step.x.shape, generator=g, device=step.x.device) * 0.2
+            keep = (torch.rand(step.x.shape, generator=g, device=step.x.device) >= 0.2).float()
+            return (step.x + noise) * keep
+        policy, geometric, size = self._strong_aug
+        x = geometric(policy(step.x_raw, step.generator), step.generator)
+        x = self.data.normalize(cutout(x, size, step.generator))
+        return x.contiguous(memory_format=torch.channels_last) if step.x.is_contiguous(
+            memory_format=torch.channels_last) else x
+
+    def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        net, y, B = step.nets[0], step.y, len(step.y)
+        z_weak = net(step.x).float()  # the only pass that moves BatchNorm's running statistics
+        strong = [self._strong_view(step) for _ in range(self.views - 1)]
+        with frozen_batchnorm(_module(net)):
+            z_strong = [net(x).float() for x in strong]
+        K = z_weak.shape[1]
+        with torch.no_grad():
+            guess = sum(torch.softmax(logit_norm(z), 1) for z in [z_weak, *z_strong]) / self.views
+            pseudo = sharpen(guess, self.temperature)
+        x_p, y_p = self._probe_batch(step, B)
+
+        xe = z_weak.new_zeros(())
+        if self.mixup:
+            g = step.generator
+            pick = torch.randint(0, len(y_p), (B,), generator=g, device=y.device)
+            X = torch.cat([x_p[pick], step.x, *strong])
+            T = torch.cat([F.one_hot(y_p[pick], K).float(), *([pseudo] * self.views)])
+            lam = mixup_lambda(len(X), self.beta, g, X.device)
+            perm = torch.randperm(len(X), generator=g, device=X.device)
+            X = lam.view(-1, *[1] * (X.ndim - 1)) * X + (1 - lam.view(-1, *[1] * (X.ndim - 1))) * X[perm]
+            T = lam[:, None] * T + (1 - lam[:, None]) * T[perm]
+            if X.ndim == 4 and step.x.is_contiguous(memory_format=torch.channels_last):
+                X = X.contiguous(memory_format=torch.channels_last)
+            with frozen_batchnorm(_module(net)):
+                z_mix = net(X).float()
+            chunks = [logit_norm(c) for c in z_mix.split(B)]
+            l_loss = soft_cross_entropy(T[:B], chunks[0]).mean()
+            u_loss = soft_cross_entropy(T[B:], torch.cat(chunks[1:])).mean()
+            xe = l_loss + self.ce_factor * u_loss
+
+        p_weak = torch.softmax(z_weak, 1).detach()
+        cs = sum((p_weak * (torch.log(p_weak + 1e-12) - F.log_softmax(z, 1))).sum(1).mean() for z in z_strong)
+        cs = self.consistency_factor * cs / len(z_strong)
+
+        mom, wd = self._meta_inputs(net)
+        grad_w, grad_eps = meta_gradients(net, step.x, y, z_weak, x_p, y_p, w0=1.0 / B, eps0=self.eps_init,
+                                          pseudo=pseudo, alpha=self.alpha, momentum=mom, mu=self.mu,
+                                          weight_decay=wd, route=self.route)
+        w = normalized_weights(grad_w)
+        keep_given = (grad_eps < 0).float()[:, None]
+        y1 = F.one_hot(y, K).float()
+        l1 = soft_cross_entropy(keep_given * y1 + (1 - keep_given) * pseudo, z_weak).mean()
+        l2 = (w * soft_cross_entropy(self.eps_init * y1 + (1 - self.eps_init) * pseudo, z_weak)).sum()
+        self._record(step, weight=w * B, zero=(w == 0).float(), pseudo=1 - keep_given[:, 0])
+        return (l1 + l2) / 2 + xe + cs, z_weak

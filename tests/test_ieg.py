@@ -1,0 +1,175 @@
+"""IEG and L2R: the meta-gradients, the step's invariants, and the weights on a synthetic noisy problem."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from cleanpipe.engine import DeviceData, TrainConfig, fit
+from cleanpipe.engine.loop import cosine_restarts
+from cleanpipe.robust.ieg import (IEG, L2R, frozen_batchnorm, logit_norm, meta_gradients, mixup_lambda,
+                                  normalized_weights, sharpen, soft_cross_entropy)
+
+
+def _problem(seed=0, B=12, K=4):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, K)).double().train()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, K, (B,), generator=g)
+    xp = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    yp = torch.randint(0, K, (8,), generator=g)
+    pseudo = torch.softmax(torch.randn(B, K, generator=g, dtype=torch.float64), 1)
+    mom = {n: 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in net.named_parameters()}
+    wd = {n: 5e-4 for n, p in net.named_parameters() if p.ndim > 1}
+    return net, x, y, xp, yp, pseudo, mom, wd
+
+
+def _probe_loss_after_lookahead(net, x, y, xp, yp, w, eps, pseudo, mom, mu, wd, alpha):
+    """The definition, computed directly: the probe loss at θ' for given (w, ε)."""
+    params = dict(net.named_parameters())
+    buffers = dict(net.named_buffers())
+    with frozen_batchnorm(net):
+        z = functional_call(net, {**params, **buffers}, (x,))
+        y1 = F.one_hot(y, z.shape[1]).double()
+        target = y1 if eps is None else eps[:, None] * y1 + (1 - eps[:, None]) * pseudo
+        grads = torch.autograd.grad((w * soft_cross_entropy(target, z)).sum(), list(params.values()))
+        new = {n: p - alpha * (mu * mom.get(n, 0) + g + wd.get(n, 0.0) * p) for (n, p), g in zip(params.items(), grads)}
+        zp = functional_call(net, {**new, **buffers}, (xp,))
+    reg = sum(wd.get(n, 0.0) / 2 * new[n].pow(2).sum() for n in new)
+    return float((F.cross_entropy(zp, yp) + reg).detach())
+
+
+@pytest.mark.parametrize("method", ["ieg", "l2r"])
+def test_meta_gradients_equal_finite_differences_and_the_two_routes_agree(method):
+    net, x, y, xp, yp, pseudo, mom, wd = _problem()
+    B = len(y)
+    if method == "ieg":
+        kw = dict(w0=1.0 / B, eps0=0.9, pseudo=pseudo, momentum=mom, mu=0.9)
+        w0, eps0, mu = 1.0 / B, torch.full((B,), 0.9, dtype=torch.float64), 0.9
+    else:
+        kw = dict(w0=0.0)
+        w0, eps0, mu = 0.0, None, 0.0
+    out = {}
+    for route in ("jvp", "autograd"):
+        out[route] = meta_gradients(net, x, y, net(x), xp, yp, alpha=0.1, weight_decay=wd, route=route, **kw)
+    gw, geps = out["jvp"]
+    scale_w = float(gw.abs().max())
+    assert float((gw - out["autograd"][0]).abs().max()) <= 1e-6 * scale_w
+    w = torch.full((B,), w0, dtype=torch.float64)
+    h = 1e-6
+    for i in range(B):
+        d = torch.zeros(B, dtype=torch.float64)
+        d[i] = h
+        fd = (_probe_loss_after_lookahead(net, x, y, xp, yp, w + d, eps0, pseudo, mom, mu, wd, 0.1)
+              - _probe_loss_after_lookahead(net, x, y, xp, yp, w - d, eps0, pseudo, mom, mu, wd, 0.1)) / (2 * h)
+        assert fd == pytest.approx(float(gw[i]), rel=1e-5, abs=1e-8 * scale_w)
+    if method == "ieg":
+        scale_e = float(geps.abs().max())
+        assert float((geps - out["autograd"][1]).abs().max()) <= 1e-6 * scale_e
+        for i in range(B):
+            d = torch.zeros(B, dtype=torch.float64)
+            d[i] = h
+            fd = (_probe_loss_after_lookahead(net, x, y, xp, yp, w, eps0 + d, pseudo, mom, mu, wd, 0.1)
+                  - _probe_loss_after_lookahead(net, x, y, xp, yp, w, eps0 - d, pseudo, mom, mu, wd, 0.1)) / (2 * h)
+            assert fd == pytest.approx(float(geps[i]), rel=1e-5, abs=1e-8 * scale_e)
+    else:
+        assert geps is None
+
+
+def test_without_momentum_or_decay_the_weight_gradient_is_minus_alpha_v_dot_the_example_gradient():
+    net, x, y, xp, yp, *_ = _problem(seed=3)
+    gw, _ = meta_gradients(net, x, y, net(x), xp, yp, w0=0.0, alpha=0.1)
+    params = [p for p in net.parameters()]
+    with frozen_batchnorm(net):
+        v = torch.autograd.grad(F.cross_entropy(net(xp), yp), params)
+        z = net(x)
+    for i in range(len(y)):
+        gi = torch.autograd.grad(F.cross_entropy(z[i : i + 1], y[i : i + 1]), params, retain_graph=True)
+        expect = -0.1 * sum((a * b).sum() for a, b in zip(v, gi))
+        # Example i's loss depends on the other rows through BatchNorm; its gradient is still J_i^T (q_i - y_i).
+        assert float(gw[i]) == pytest.approx(float(expect), rel=1e-6, abs=1e-12)
+
+
+def test_meta_gradients_leave_the_network_and_its_statistics_alone():
+    net, x, y, xp, yp, pseudo, mom, wd = _problem()
+    net(x)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for route in ("jvp", "autograd"):
+        meta_gradients(net, x, y, net(x), xp, yp, w0=1 / len(y), eps0=0.9, pseudo=pseudo, momentum=mom, mu=0.9,
+                       weight_decay=wd, route=route)
+    after = net.state_dict()
+    moved = [k for k in before if "running" not in k and "num_batches" not in k and not torch.equal(before[k], after[k])]
+    assert moved == []
+
+
+def test_helpers_follow_the_spec():
+    z = torch.randn(7, 5) * 3
+    assert float(logit_norm(z).pow(2).mean().sqrt()) == pytest.approx(1.0, abs=1e-5)  # one scalar per chunk
+    p = torch.softmax(torch.randn(7, 5), 1)
+    s = sharpen(p, 0.5)
+    assert torch.allclose(s.sum(1), torch.ones(7)) and torch.allclose(s, p**2 / (p**2).sum(1, keepdim=True))
+    lam = mixup_lambda(10_000, 0.5, torch.Generator().manual_seed(0), "cpu")
+    assert float(lam.min()) >= 0.5 and float(lam.max()) <= 1.0
+    assert float(lam.mean()) == pytest.approx(1 - 1 / 6, abs=0.01)  # E[1 - u²/2] = 5/6
+    w = normalized_weights(torch.tensor([-1.0, 2.0, -3.0, 0.0]))
+    assert torch.allclose(w, torch.tensor([0.25, 0.0, 0.75, 0.0]), atol=1e-4)
+    assert float(normalized_weights(torch.ones(3)).sum()) == 0.0  # all zero is allowed
+
+
+def test_cosine_restarts_match_the_spec_check_values():
+    expect = {0: 0.1, 250: 0.05, 500: 0.09, 1000: 0.0225, 1250: 0.081, 85498: 0.03138, 193620: 0.02542, 200000: 0.02515}
+    for step, lr in expect.items():
+        assert cosine_restarts(step, 500, 0.1) == pytest.approx(lr, abs=5e-5)
+
+
+def _blobs(n=2000, k=10, d=20, flip=0.6, seed=0, scale=0.7):
+    rng = np.random.default_rng(seed)
+    # scale 0.7: not separable at a glance (the spec asks for Bayes accuracy near 95%); on blobs a network fits
+    # perfectly, a fitted clean example has a near-zero gradient and its meta weight says little.
+    centres = rng.normal(0, 1, (k, d)) * scale
+    y = rng.integers(0, k, n)
+    X = (centres[y] + rng.normal(0, 1, (n, d))).astype(np.float32)
+    noisy = y.copy()
+    flipped = rng.random(n) < flip
+    noisy[flipped] = (y[flipped] + rng.integers(1, k, flipped.sum())) % k  # always another class
+    return X, y, noisy
+
+
+def _auroc(score, positive):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(positive, score)
+
+
+@pytest.mark.parametrize("name", ["l2r", "ieg"])
+def test_flipped_examples_get_lower_weights_than_clean_ones(name):
+    X, y, noisy = _blobs()
+    n, K = len(y), 10
+    rng = np.random.default_rng(1)
+    probe = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), 10, replace=False) for c in range(K)]))
+    rows = np.setdiff1d(np.arange(n), probe)
+    is_clean = noisy == y
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 128), nn.BatchNorm1d(128),
+                        nn.ReLU(), nn.Linear(128, K))
+    common = dict(is_clean=is_clean)
+    method = (L2R(probe, y[probe], n, **common) if name == "l2r"
+              else IEG(probe, y[probe], n, policy="randaugment", **common))
+    cfg = TrainConfig(epochs=6, batch_size=100, lr=0.05, nesterov=False, ema=0.999, channels_last=False)
+    history = []
+    fit(net, DeviceData(X, torch.device("cpu"), fit_rows=rows), noisy, rows, cfg, method=method,
+        on_epoch=lambda e, m: history.append(m))
+    rec = method.example_records()
+    w = rec["weight"][rows]
+    assert np.all(np.isfinite(w)) and np.all(rec["seen"][rows] >= 5)
+    assert np.all(np.isnan(rec["weight"][probe]))  # the probe is never a training example
+    auroc = _auroc(w, is_clean[rows])
+    assert auroc > 0.8, auroc
+    assert w[is_clean[rows]].mean() > 2 * w[~is_clean[rows]].mean()
+    assert history[-1]["mean_weight_clean"] > history[-1]["mean_weight_noisy"]
+    if name == "ieg":  # the pseudo label is chosen more often for flipped labels than for clean ones
+        pseudo = rec["pseudo"][rows]
+        assert pseudo[~is_clean[rows]].mean() > pseudo[is_clean[rows]].mean()
