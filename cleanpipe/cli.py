@@ -434,6 +434,8 @@ def train(
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per data kind: digits 64, 28x28 grey 256, colour 512)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default per data kind)."),
     forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
     selection: str = typer.Option("class", "--selection", help="Co-teaching's small-loss picks: class (spread over the given labels' classes) | batch (the papers' rule)."),
@@ -446,6 +448,7 @@ def train(
     mixup: bool = typer.Option(True, "--mixup/--no-mixup", help="IEG: MixUp of probe and training rows."),
     ema: float = typer.Option(0.999, "--ema", help="IEG/L2R: decay of the weight average that is evaluated (0: off)."),
     policy: str = typer.Option("auto", "--policy", help="IEG's strong augmentation: auto (AutoAugment on colour, RandAugment on grey) | autoaugment | randaugment."),
+    schedule: str = typer.Option("onecycle", "--schedule", help="IEG/L2R learning rate: onecycle | restarts (the paper's cosine restarts, for long runs)."),
     meta_route: str = typer.Option("jvp", "--meta-route", help="IEG/L2R meta-gradient: jvp (one forward-mode pass) | autograd (second-order backward)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -473,9 +476,10 @@ def train(
     _set_threads(threads)
     ieg = IegOptions(probe_per_class=probe_per_class, probe_labels=None if probe_labels is None else str(probe_labels),
                      ce_factor=ce_factor, consistency_factor=consistency_factor, temperature=temperature, views=views,
-                     mixup=mixup, ema=ema, policy=policy, route=meta_route)
+                     mixup=mixup, ema=ema, policy=policy, route=meta_route, schedule=schedule)
     with RichProgress(console) as progress:
-        stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs, seed=seed,
+        stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs,
+                                batch_size=batch_size, lr=lr, seed=seed,
                                 device=device, forget_rate=forget_rate, clean_labels=clean_labels, selection=selection,
                                 ieg=ieg, progress=progress)
     print_train_summary(run_dir, stage)

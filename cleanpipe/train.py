@@ -45,6 +45,10 @@ class IegOptions:
     policy: str = "auto"
     meta_stepsize: float = 0.1
     route: str = "jvp"
+    # The paper's cosine restarts suit its 200,000 steps; squeezed into a few hundred they restart every
+    # few steps at a high rate (plain training, digits with 60% noise, 10 epochs: 37% test accuracy
+    # against 93% with the one-cycle schedule).
+    schedule: str = "onecycle"
 
 
 @dataclass
@@ -56,7 +60,7 @@ class TrainStage:
 
 
 def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto", *, epochs: int | None = None,
-                   seed: int = 0):
+                   seed: int = 0, batch_size: int | None = None, lr: float | None = None):
     """The network and recipe for the train stage: crossval's per-dataset defaults, trained longer.
 
     Epochs by data kind: digits 30, other grey/small images 20, colour images 100, tables 60
@@ -80,6 +84,7 @@ def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto
             epochs = 100
     if len(input_shape) == 3 and input_shape[0] == 1 and min(input_shape[1:]) > 16:
         over = {"batch_size": 256, "lr": 0.1}
+    over.update({k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None})
     return default_settings(input_shape, source, model, epochs=epochs, seed=seed, **over)
 
 
@@ -121,6 +126,8 @@ def run_train_stage(
     subset: str = "kept",
     model: str = "auto",
     epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     seed: int = 0,
     device: str = "auto",
     forget_rate: float | None = None,
@@ -165,12 +172,19 @@ def run_train_stage(
         raise CleanpipeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if subset not in SUBSETS:
         raise CleanpipeError(f"--subset must be kept or all, got {subset!r}")
+    if method in PROBE_METHODS:
+        ieg = ieg or IegOptions()
+        _check_ieg_options(ieg)
     if selection not in CoTeaching.SELECTIONS:
         raise CleanpipeError(f"--selection must be class or batch, got {selection!r}")
     if forget_rate is not None and not 0.0 <= forget_rate < 1.0:
         raise CleanpipeError(f"--forget-rate must lie in [0, 1), got {forget_rate}")
     if epochs is not None and epochs < 1:
         raise CleanpipeError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size is not None and batch_size < 2:
+        raise CleanpipeError(f"--batch-size must be at least 2, got {batch_size}")
+    if lr is not None and not lr > 0:
+        raise CleanpipeError(f"--lr must be positive, got {lr}")
     dev = resolve_device(device)
     started = time.perf_counter()
 
@@ -196,7 +210,6 @@ def run_train_stage(
             rows = np.flatnonzero(keep) if subset == "kept" else np.arange(n)
         probe = None
         if method in PROBE_METHODS:
-            ieg = ieg or IegOptions()
             probe = _probe_set(run, ds, truth, ieg, seed)
             if ieg.probe_labels:
                 files = [*files, Path(ieg.probe_labels)]
@@ -204,7 +217,7 @@ def run_train_stage(
         if len(rows) < 2:
             raise CleanpipeError(f"only {len(rows)} training example(s) left in the {subset} subset; nothing to train on")
 
-        settings = train_settings(ds.input_shape, spec.source, model, epochs=epochs, seed=seed)
+        settings = train_settings(ds.input_shape, spec.source, model, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
         E = settings.epochs
         ramp = max(1, min(10, E // 4))  # Tk: 10 of 200 epochs in the papers; a quarter of short runs
         is_clean = None if truth is None else np.concatenate([labels == truth, np.zeros(len(ds.y_test), bool)])
@@ -224,7 +237,7 @@ def run_train_stage(
             if method == "ieg":
                 details["policy"] = step.policy  # auto, resolved
             else:
-                details = {k: details[k] for k in ("probe_size", "probe_per_class", "ema", "meta_stepsize", "route")}
+                details = {k: details[k] for k in ("probe_size", "probe_per_class", "ema", "meta_stepsize", "route", "schedule")}
         elif method == "coteaching-plus":
             init_epoch = round(0.1 * E) if (len(ds.input_shape) == 3 and ds.input_shape[0] == 3) else 0  # CIFAR: 20 of 200
             step = CoTeachingPlus(forget_rate, ramp, init_epoch, is_clean, selection)
@@ -246,8 +259,8 @@ def run_train_stage(
         test_rows = n + np.arange(len(ds.y_test))
         data = DeviceData(X_all, dev, fit_rows=rows)
         cfg = settings.train_config(seed)
-        if method in PROBE_METHODS:  # IEG's recipe: plain momentum (its look-ahead reads the buffer), restarts, EMA
-            cfg = settings.train_config(seed, nesterov=False, schedule="restarts", ema=ieg.ema)
+        if method in PROBE_METHODS:  # IEG's recipe: plain momentum (its look-ahead reads the buffer) and the EMA
+            cfg = settings.train_config(seed, nesterov=False, schedule=ieg.schedule, ema=ieg.ema)
         parameters = {"method": method, "subset": subset if method != "incv-coteaching" else "incv-sets",
                       "clean_labels": clean_labels,
                       **{k: v for k, v in asdict(settings).items() if k in ("model", "epochs", "batch_size", "lr", "seed")},
@@ -325,12 +338,30 @@ def run_train_stage(
         return TrainStage(manifest, history)
 
 
+def _check_ieg_options(opts: IegOptions) -> None:
+    from cleanpipe.robust.ieg import ROUTES
+
+    problems = [
+        (opts.route not in ROUTES, f"--meta-route must be one of {', '.join(ROUTES)}, got {opts.route!r}"),
+        (opts.policy not in ("auto", "autoaugment", "randaugment"),
+         f"--policy must be auto, autoaugment or randaugment, got {opts.policy!r}"),
+        (opts.views < 2, f"--views must be at least 2 (the weak view and a strong one), got {opts.views}"),
+        (not opts.temperature > 0, f"--temperature must be positive, got {opts.temperature}"),
+        (not 0.0 <= opts.ema < 1.0, f"--ema must lie in [0, 1), got {opts.ema}"),
+        (opts.schedule not in ("onecycle", "restarts"), f"--schedule must be onecycle or restarts, got {opts.schedule!r}"),
+        (opts.probe_per_class < 1, f"--probe-per-class must be at least 1, got {opts.probe_per_class}"),
+        (opts.ce_factor < 0 or opts.consistency_factor < 0, "--ce-factor and --consistency-factor must be >= 0"),
+        (not opts.meta_stepsize > 0, f"the meta step size must be positive, got {opts.meta_stepsize}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise CleanpipeError(message)
+
+
 def _probe_set(run: Run, ds, truth: np.ndarray | None, opts: IegOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``opts.probe_per_class`` trusted rows per class (seeded): rows (ascending) and their clean labels."""
     from cleanpipe.labels import read_partial_labels
 
-    if opts.probe_per_class < 1:
-        raise CleanpipeError(f"--probe-per-class must be at least 1, got {opts.probe_per_class}")
     if opts.probe_labels:
         rows, trusted = read_partial_labels(Path(opts.probe_labels), [str(i) for i in ds.ids_train], ds.class_names)
         if trusted.max(initial=0) >= ds.n_classes:
@@ -359,20 +390,13 @@ def _probe_set(run: Run, ds, truth: np.ndarray | None, opts: IegOptions, seed: i
 
 
 def _probe_method(method: str, opts: IegOptions, probe, n_rows: int, is_clean, ds):
-    from cleanpipe.robust.ieg import IEG, L2R, ROUTES
+    from cleanpipe.robust.ieg import IEG, L2R
 
-    if opts.route not in ROUTES:
-        raise CleanpipeError(f"--meta-route must be one of {', '.join(ROUTES)}, got {opts.route!r}")
     if method == "l2r":
         return L2R(probe[0], probe[1], n_rows, meta_stepsize=opts.meta_stepsize, route=opts.route, is_clean=is_clean)
     policy = opts.policy
     if policy == "auto":  # kornia's AutoAugment is an RGB policy; grey images get RandAugment (the spec: on par)
         policy = "autoaugment" if (len(ds.input_shape) == 3 and ds.input_shape[0] == 3) else "randaugment"
-    if policy not in ("autoaugment", "randaugment"):
-        raise CleanpipeError(f"--policy must be auto, autoaugment or randaugment, got {opts.policy!r}")
-    for name, value, low in (("--views", opts.views, 2), ("--temperature", opts.temperature, 1e-9)):
-        if value < low:
-            raise CleanpipeError(f"{name} must be at least {low if name == '--views' else 'above 0'}, got {value}")
     return IEG(probe[0], probe[1], n_rows, ce_factor=opts.ce_factor, consistency_factor=opts.consistency_factor,
                temperature=opts.temperature, views=opts.views, mixup=opts.mixup, meta_stepsize=opts.meta_stepsize,
                policy=policy, route=opts.route, is_clean=is_clean)

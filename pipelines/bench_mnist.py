@@ -5,8 +5,9 @@
 
 MNIST-10k: 8,000 training images (noised) and 2,000 clean test images, the train stage's small CNN.
 For each condition it runs, through the CLI: noise -> crossval -> prune (confident learning) -> the
-CL-based trainings, then prune --method incv -> INCV Co-teaching, and standard training on the true
-labels (the ceiling). Prints a Markdown table (rows: methods, columns: conditions) and the wall time.
+CL-based trainings, then prune --method incv -> INCV Co-teaching, L2R and IEG with 10 trusted images
+per class (the true labels of 100 training images, held out of their training), and standard training on
+the true labels (the ceiling). ``--rows L2R IEG`` runs only the rows whose names start so. Prints a Markdown table (rows: methods, columns: conditions) and the wall time.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ ROWS = [
     ("Co-teaching, CL-kept subset", ["--method", "coteaching", "--subset", "kept"]),
     ("Co-teaching+, all", ["--method", "coteaching-plus", "--subset", "all"]),
     ("INCV Co-teaching", None),  # after prune --method incv
+    ("L2R, 10 trusted per class", ["--method", "l2r", "--subset", "all", "--probe-per-class", "10"]),
+    ("IEG, 10 trusted per class", ["--method", "ieg", "--subset", "all", "--probe-per-class", "10"]),
     ("standard, clean labels (ceiling)", ["--method", "standard", "--subset", "all", "--clean-labels"]),
 ]
+
+
+def _needs_prune(opts) -> bool:
+    """The CL-kept rows, INCV and Co-teaching's default forget rate read the prune stage."""
+    return opts is None or "kept" in opts or any(o.startswith("coteaching") for o in opts)
 
 
 def main() -> None:
@@ -40,6 +48,7 @@ def main() -> None:
     ap.add_argument("--conditions", nargs="+", default=CONDITIONS, help="KIND:RATE[:SPARSITY]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="train epochs (default: the train stage's)")
+    ap.add_argument("--rows", nargs="+", default=None, help="only the methods whose name starts with one of these")
     args = ap.parse_args()
     exe = [sys.executable, "-m", "cleanpipe"]
     data = ["--dataset", "digits"] if args.quick else ["--dataset", "mnist", "--data", str(args.data.resolve())]
@@ -51,16 +60,18 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"failed: cleanpipe {' '.join(map(str, a))}\n{proc.stderr[-2000:]}")
 
-    table: dict[str, dict[str, float]] = {name: {} for name, _ in ROWS}
+    rows = [(name, opts) for name, opts in ROWS if not args.rows or name.startswith(tuple(args.rows))]
+    table: dict[str, dict[str, float]] = {name: {} for name, _ in rows}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for cond in args.conditions:
             kind, rate, *rest = cond.split(":")
             run = Path(tmp) / cond.replace(":", "_")
             cli("noise", run, *data, "--kind", kind, "--rate", rate, *(["--sparsity", rest[0]] if rest else []), *seed)
-            cli("crossval", run, *seed)
-            cli("prune", run, "--top", 0)
-            for name, opts in ROWS:
+            if any(_needs_prune(opts) for _, opts in rows):
+                cli("crossval", run, *seed)
+                cli("prune", run, "--top", 0)
+            for name, opts in rows:
                 if opts is None:
                     cli("prune", run, "--method", "incv", "--top", 0, *seed)
                     opts = ["--method", "incv-coteaching"]
@@ -75,7 +86,7 @@ def main() -> None:
     heads = [c.replace(":", " ").replace("random 0.4 0.2", "random 0.4 (sparsity 0.2)") for c in args.conditions]
     print("| method | " + " | ".join(heads) + " |")
     print("| --- |" + " --- |" * len(heads))
-    for name, _ in ROWS:
+    for name, _ in rows:
         print(f"| {name} | " + " | ".join(f"{100 * table[name][c]:.2f}" for c in args.conditions) + " |")
 
 

@@ -173,3 +173,104 @@ def test_flipped_examples_get_lower_weights_than_clean_ones(name):
     if name == "ieg":  # the pseudo label is chosen more often for flipped labels than for clean ones
         pseudo = rec["pseudo"][rows]
         assert pseudo[~is_clean[rows]].mean() > pseudo[is_clean[rows]].mean()
+
+
+def _digits_run(tmp_path, cli, rate=0.6):
+    run = tmp_path / "r"
+    assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", rate, "--seed", 0)[0] == 0
+    return run
+
+
+def test_ieg_train_stage_writes_example_weights_and_holds_the_probe_out(tmp_path, cli):
+    import json
+
+    import pandas as pd
+
+    run = _digits_run(tmp_path, cli)
+    code, out, err = cli("train", run, "--method", "ieg", "--subset", "all", "--epochs", 3, "--device", "cpu",
+                         "--probe-per-class", 5)
+    assert code == 0, err
+    man = json.loads((run / "train" / "manifest.json").read_text())
+    assert man["parameters"]["probe_size"] == 50 and man["parameters"]["policy"] == "randaugment"
+    assert man["metrics"]["n_train"] == 1437 - 50
+    probe = pd.read_csv(run / "train" / "probe.csv")
+    assert len(probe) == 50 and np.all(np.bincount(probe.label, minlength=10) == 5)
+    weights = pd.read_csv(run / "train" / "example_weights.csv")
+    assert len(weights) == 1437 - 50 and not set(weights["index"]) & set(probe["index"])
+    assert {"id", "given_label", "mean_weight", "zero_weight_share", "pseudo_label_share", "steps_seen",
+            "true_label", "is_true_error"} <= set(weights.columns)
+    assert weights.mean_weight.is_monotonic_increasing  # most distrusted first
+    from cleanpipe.run import Run
+
+    _, dataset, _ = Run(run).bind_dataset(None)
+    assert np.all(dataset.y_train[probe["index"]] == probe.label)  # the probe's labels are the clean ones
+    history = pd.read_csv(run / "train" / "history.csv")
+    assert {"mean_weight", "pseudo_label_share", "mean_weight_clean", "mean_weight_noisy"} <= set(history.columns)
+    assert "example_weights.csv" in out
+
+
+def test_l2r_same_seed_same_weights(tmp_path, cli):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        assert cli("noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", 0.4)[0] == 0
+        code, _, err = cli("train", run, "--method", "l2r", "--subset", "all", "--epochs", 2, "--device", "cpu")
+        assert code == 0, err
+    assert (a / "train" / "example_weights.csv").read_bytes() == (b / "train" / "example_weights.csv").read_bytes()
+
+
+def test_probe_labels_from_a_file_and_clear_errors(tmp_path, cli):
+    import json
+
+    import pandas as pd
+
+    run = tmp_path / "real"
+    # A run on "real" data: the digits' own labels, no synthetic noise, so no truth is known.
+    assert cli("crossval", run, "--dataset", "digits", "--folds", 2, "--epochs", 1, "--device", "cpu")[0] == 0
+    code, _, err = cli("train", run, "--method", "ieg", "--subset", "all", "--epochs", 1, "--device", "cpu")
+    assert code == 2 and "--probe-labels" in err and "Traceback" not in err and not (run / "train").exists()
+    ds = json.loads((run / "dataset.json").read_text())
+    from cleanpipe.run import Run
+
+    _, dataset, _ = Run(run).bind_dataset(None)
+    # The hand-checked labels: the digits' own labels of 40 rows of the training split.
+    ids = np.random.default_rng(0).choice(len(dataset.y_train), 40, replace=False)
+    labels_file = tmp_path / "checked.csv"
+    pd.DataFrame({"id": dataset.ids_train[ids], "label": dataset.y_train[ids]}).to_csv(labels_file, index=False)
+    code, _, err = cli("train", run, "--method", "l2r", "--subset", "all", "--epochs", 1, "--device", "cpu",
+                       "--probe-labels", labels_file, "--probe-per-class", 50)
+    assert code == 2 and "fewer than --probe-per-class 50" in err and not (run / "train").exists()
+    per_class = int(np.bincount(dataset.y_train[ids], minlength=10).min())
+    code, _, err = cli("train", run, "--method", "l2r", "--subset", "all", "--epochs", 1, "--device", "cpu",
+                       "--probe-labels", labels_file, "--probe-per-class", per_class)
+    assert code == 0, err
+    probe = pd.read_csv(run / "train" / "probe.csv")
+    assert len(probe) == 10 * per_class and set(probe["index"]) <= set(ids.tolist())
+    assert ds["n_train"] - 10 * per_class == json.loads((run / "train" / "manifest.json").read_text())["metrics"]["n_train"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\nnot-an-id,3\n")
+    code, _, err = cli("train", run, "--method", "ieg", "--subset", "all", "--epochs", 1, "--device", "cpu",
+                       "--probe-labels", bad)
+    assert code == 2 and "not-an-id" in err and "Traceback" not in err
+    code, _, err = cli("train", run, "--method", "ieg", "--subset", "all", "--epochs", 1, "--device", "cpu",
+                       "--meta-route", "finite")
+    assert code == 2 and "--meta-route" in err
+
+
+def test_ieg_cifar_script_smoke(tmp_path, tiny_cifar10):
+    """The paper's IEG script on a tiny CIFAR-format fixture: ResNet-29, one epoch, two probe images per class."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "ieg_cifar.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "CONDITIONS": "uniform:0.8", "EPOCHS": "1", "BATCH": "40",
+           "PROBE": "2", "MODEL": "resnet29", "DEVICE": "cpu"}
+    proc = subprocess.run(["bash", str(script), str(tiny_cifar10), str(tmp_path / "runs")], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "cifar10_uniform0.8"
+    for method in ("ieg", "l2r", "standard"):
+        assert (run / f"train-{method}" / "manifest.json").is_file()
+    assert (run / "train-ieg" / "example_weights.csv").is_file()
+    assert "| cifar10_uniform0.8 |" in proc.stdout

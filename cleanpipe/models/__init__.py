@@ -47,6 +47,24 @@ def _resnet32(shape, k):
     return ResNet32(shape[0], k)
 
 
+def _wrn28_10(shape, k):
+    from cleanpipe.models.nets import WRN28
+
+    return WRN28(shape[0], k, widen=10)
+
+
+def _wrn28_2(shape, k):
+    from cleanpipe.models.nets import WRN28
+
+    return WRN28(shape[0], k, widen=2)
+
+
+def _resnet29(shape, k):
+    from cleanpipe.models.nets import ResNet29
+
+    return ResNet29(shape[0], k)
+
+
 def _mlp(shape, k):
     from cleanpipe.models.nets import MLP
 
@@ -74,6 +92,9 @@ MODELS: dict[str, ModelInfo] = {
     "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images"),
     "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
     "resnet32": ModelInfo(_resnet32, "image", "the CIFAR ResNet-32 of INCV (3 x 5 basic blocks, 16/32/64 channels)"),
+    "wrn28_10": ModelInfo(_wrn28_10, "image", "WRN-28-10 as in IEG (36M parameters; parameter-free shortcuts), for 32x32 images"),
+    "wrn28_2": ModelInfo(_wrn28_2, "image", "the same WRN-28 at width 2 (1.5M parameters): a cheaper stand-in"),
+    "resnet29": ModelInfo(_resnet29, "image", "ResNet-29 v2 (bottlenecks) as in IEG, 0.84M parameters, for 32x32 images"),
     "mlp": ModelInfo(_mlp, "table", "2 hidden layers of 256 with BatchNorm and dropout, for tables/features"),
     "mlp128": ModelInfo(_mlp128, "any", "2 hidden layers of 128, no dropout, on features or raw pixels: "
                         "INCV's and the theory check's network for grey and small images"),

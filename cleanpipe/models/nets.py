@@ -160,3 +160,121 @@ class ResNet32(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def _pool_pad(x: torch.Tensor, stride: int, c_out: int) -> torch.Tensor:
+    """WRN's parameter-free shortcut: average-pool by the stride, then zero-pad channels equally on both sides."""
+    if stride > 1:
+        x = nn.functional.avg_pool2d(x, stride, stride)
+    extra = c_out - x.shape[1]
+    if extra > 0:
+        x = nn.functional.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+    return x
+
+
+class WideBlock(nn.Module):
+    """A pre-activation WRN block: [BN-ReLU] conv3x3(stride) BN-ReLU conv3x3, plus the pooled, padded input."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, activate_before_residual: bool = False) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.stride, self.c_out, self.activate_before_residual = stride, c_out, activate_before_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = torch.relu(self.bn1(x))
+        skip = act if self.activate_before_residual else x
+        out = self.conv2(torch.relu(self.bn2(self.conv1(act))))
+        return out + _pool_pad(skip, self.stride, self.c_out)
+
+
+class WRN28(nn.Module):
+    """WRN-28-10 as IEG uses it (the AutoAugment code's variant, ``reference/ieg.md`` 2.5).
+
+    A 16-channel stem without BN; three stages of 4 pre-activation blocks, widths 16k (160, 320, 640 at
+    k = 10), strides 1, 2, 2; parameter-free shortcuts (average pooling and zero channel padding, no 1x1
+    convolutions); the stage input added again after each stage and the stem output after the last;
+    BN-ReLU, global average pooling and a linear head. About 36.2M parameters at k = 10 with 10 classes.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, widen: int = 10, blocks_per_stage: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        stages, c = [], 16
+        self.strides = (1, 2, 2)
+        for i, stride in enumerate(self.strides):
+            c_out = 16 * widen * 2**i
+            blocks = [WideBlock(c, c_out, stride, activate_before_residual=(i == 0))]
+            blocks += [WideBlock(c_out, c_out, 1) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            c = c_out
+        self.stages = nn.ModuleList(stages)
+        self.bn = nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, n_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # N(0, sqrt(2 / (k k C_out)))
+                nn.init.normal_(m.weight, 0.0, (2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5)
+        bound = 1.0 / n_classes**0.5  # the reference scales by the output size
+        nn.init.uniform_(self.head.weight, -bound, bound)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = first = self.stem(x)
+        for stage, stride in zip(self.stages, self.strides):
+            out = stage(x)
+            x = out + _pool_pad(x, stride, out.shape[1])
+        x = x + _pool_pad(first, 4, x.shape[1])
+        return self.head(torch.relu(self.bn(x)).mean(dim=(2, 3)))
+
+
+class Bottleneck29(nn.Module):
+    """ResNet v2 bottleneck: [BN] conv1x1(stride) - BN-ReLU conv3x3 - BN-ReLU conv1x1(c_out), plus a shortcut.
+
+    ``pre_bn`` False for the network's first block (its input is the stem's BN-ReLU output). As in the
+    reference (``reference/ieg.md`` 2.5), no ReLU precedes the first 1x1 conv.
+    """
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int, project: bool, pre_bn: bool) -> None:
+        super().__init__()
+        self.bn_a = nn.BatchNorm2d(c_in) if pre_bn else nn.Identity()
+        self.conv_a = nn.Conv2d(c_in, c_mid, 1, stride, bias=False)
+        self.bn_b, self.conv_b = nn.BatchNorm2d(c_mid), nn.Conv2d(c_mid, c_mid, 3, 1, 1, bias=False)
+        self.bn_c, self.conv_c = nn.BatchNorm2d(c_mid), nn.Conv2d(c_mid, c_out, 1, bias=False)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if project else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_a(self.bn_a(x))
+        out = self.conv_b(torch.relu(self.bn_b(out)))
+        out = self.conv_c(torch.relu(self.bn_c(out)))
+        return out + self.shortcut(x)
+
+
+class ResNet29(nn.Module):
+    """ResNet-29 as IEG uses it (Keras' ResNet v2 CIFAR example, depth 9n+2 with n = 3).
+
+    Stem conv3x3 16 - BN - ReLU; three stages of 3 bottleneck blocks (16 -> 64, 64 -> 128, 128 -> 256),
+    the first block of stages 2 and 3 with stride 2 and every stage's first block with a 1x1 projection
+    shortcut; BN-ReLU, average pooling and a linear head. Glorot-normal convolutions. About 0.84M parameters.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, blocks_per_stage: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        blocks, c_in, c_mid = [], 16, 16
+        for stage in range(3):
+            c_out = c_mid * (4 if stage == 0 else 2)
+            for b in range(blocks_per_stage):
+                stride = 2 if (stage > 0 and b == 0) else 1
+                blocks.append(Bottleneck29(c_in, c_mid, c_out, stride, project=(b == 0), pre_bn=not (stage == 0 and b == 0)))
+                c_in = c_out
+            c_mid = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, n_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3)))
