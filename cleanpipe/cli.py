@@ -442,7 +442,8 @@ def train(
     probe_per_class: int = typer.Option(10, "--probe-per-class", help="IEG/L2R: trusted examples per class, held out of training."),
     probe_labels: Optional[Path] = typer.Option(None, "--probe-labels", help="IEG/L2R: hand-checked labels (CSV id,label or JSON {id: label}); default the true labels of a benchmark run."),
     ce_factor: float = typer.Option(5.0, "--ce-factor", help="IEG: weight of the MixUp loss on the training rows (p)."),
-    consistency_factor: float = typer.Option(20.0, "--consistency-factor", help="IEG: weight of the weak/strong KL (k)."),
+    consistency_factor: Optional[float] = typer.Option(None, "--consistency-factor", help="IEG: weight of the weak/strong KL (k; default 20 on colour images as in the paper, 2 on grey ones)."),
+    unsup_ramp: Optional[float] = typer.Option(None, "--unsup-ramp", help="IEG: share of the run over which the MixUp and KL terms rise from 0 (default 0 on colour images, 0.5 on grey ones)."),
     temperature: float = typer.Option(0.5, "--temperature", help="IEG: sharpening of the pseudo labels."),
     views: int = typer.Option(2, "--views", help="IEG: augmentations averaged for a pseudo label (weak + strong ones)."),
     mixup: bool = typer.Option(True, "--mixup/--no-mixup", help="IEG: MixUp of probe and training rows."),
@@ -476,7 +477,7 @@ def train(
     _set_threads(threads)
     ieg = IegOptions(probe_per_class=probe_per_class, probe_labels=None if probe_labels is None else str(probe_labels),
                      ce_factor=ce_factor, consistency_factor=consistency_factor, temperature=temperature, views=views,
-                     mixup=mixup, ema=ema, policy=policy, route=meta_route, schedule=schedule)
+                     mixup=mixup, ema=ema, policy=policy, route=meta_route, schedule=schedule, ramp=unsup_ramp)
     with RichProgress(console) as progress:
         stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs,
                                 batch_size=batch_size, lr=lr, seed=seed,

@@ -23,6 +23,10 @@ Where this follows or fixes the reference (spec section 1 and 6.4):
   weights ``relu(-∂w)`` normalised by their sum + 1e-5 (they may all be zero); ε* = 1 iff ∂ε < 0;
   only the weak pass updates BatchNorm's running statistics; SGD with plain (not Nesterov)
   momentum, cosine decay with restarts and an EMA of the weights for evaluation (set by the train stage).
+- Added: ``ramp``, an optional linear warm-up of the two unsupervised terms (``ce_factor`` on the
+  training rows' MixUp loss and ``consistency_factor``); the paper applies them at full weight from
+  step 1 of 200,000. The train stage ramps them over half the run, with k = 2, on grey images (measured:
+  ``cleanpipe.train.IegOptions``).
 - Fixed or chosen: the pseudo label is detached inside the look-ahead (the reference lets gradient
   flow through it, probably by accident, spec 1.4; ``detach`` is also what makes the JVP route exact).
   Weight decay is the engine's: on weights of rank > 1 (conv and linear kernels), both in the
@@ -380,6 +384,9 @@ class IEG(_ProbeMethod):
         μ of the look-ahead, on the optimizer's momentum buffer (0.9).
     eps_init : float
         ε at which the label choice is differentiated, and the mix of the L2 labels (0.9).
+    ramp : float
+        Share of the steps over which the MixUp term on training rows and the consistency term rise
+        linearly from 0 (0: full weight from the start, as in the paper).
     policy : {'autoaugment', 'randaugment'}
         The strong augmentation (kornia, on whole batches); images only. Tables get Gaussian noise
         (0.2 standard deviations) and 20% feature dropout instead.
@@ -390,8 +397,12 @@ class IEG(_ProbeMethod):
     def __init__(self, probe_rows, probe_labels, n_rows, *, ce_factor: float = 5.0, consistency_factor: float = 20.0,
                  temperature: float = 0.5, views: int = 2, mixup: bool = True, beta: float = 0.5,
                  meta_stepsize: float = 0.1, meta_momentum: float = 0.9, eps_init: float = 0.9,
-                 policy: str = "autoaugment", route: str = "jvp", is_clean: np.ndarray | None = None) -> None:
+                 policy: str = "autoaugment", route: str = "jvp", is_clean: np.ndarray | None = None,
+                 ramp: float = 0.0) -> None:
         super().__init__(probe_rows, probe_labels, n_rows, meta_stepsize=meta_stepsize, route=route, is_clean=is_clean)
+        if not 0.0 <= ramp <= 1.0:
+            raise ValueError(f"ramp must lie in [0, 1], got {ramp}")
+        self.ramp = float(ramp)
         if views < 2:
             raise ValueError(f"views must be at least 2 (weak + strong), got {views}")
         if temperature <= 0:
@@ -425,6 +436,8 @@ class IEG(_ProbeMethod):
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         net, y, B = step.nets[0], step.y, len(step.y)
+        # The unsupervised terms rise linearly from 0 over the first ``ramp`` of the steps.
+        unsup = min(1.0, step.step / (self.ramp * step.total_steps)) if self.ramp > 0 else 1.0
         z_weak = net(step.x).float()  # the only pass that moves BatchNorm's running statistics
         strong = [self._strong_view(step) for _ in range(self.views - 1)]
         with frozen_batchnorm(_module(net)):
@@ -452,11 +465,11 @@ class IEG(_ProbeMethod):
             chunks = [logit_norm(c) for c in z_mix.split(B)]
             l_loss = soft_cross_entropy(T[:B], chunks[0]).mean()
             u_loss = soft_cross_entropy(T[B:], torch.cat(chunks[1:])).mean()
-            xe = l_loss + self.ce_factor * u_loss
+            xe = l_loss + unsup * self.ce_factor * u_loss
 
         p_weak = torch.softmax(z_weak, 1).detach()
         cs = sum((p_weak * (torch.log(p_weak + 1e-12) - F.log_softmax(z, 1))).sum(1).mean() for z in z_strong)
-        cs = self.consistency_factor * cs / len(z_strong)
+        cs = unsup * self.consistency_factor * cs / len(z_strong)
 
         mom, wd = self._meta_inputs(net)
         grad_w, grad_eps = meta_gradients(net, step.x, y, z_weak, x_p, y_p, w0=1.0 / B, eps0=self.eps_init,
