@@ -274,3 +274,13 @@ def test_ieg_cifar_script_smoke(tmp_path, tiny_cifar10):
         assert (run / f"train-{method}" / "manifest.json").is_file()
     assert (run / "train-ieg" / "example_weights.csv").is_file()
     assert "| cifar10_uniform0.8 |" in proc.stdout
+
+
+def test_probe_order_is_class_interleaved_so_every_slice_is_balanced():
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(10), 10))
+    m = L2R(np.arange(100) + 7, labels, 200)
+    assert set(m.probe_rows_np) == set(np.arange(100) + 7)
+    for start in range(0, 100, 10):
+        assert sorted(m.probe_labels_np[start : start + 10]) == list(range(10))
+    assert np.all(labels[m.probe_rows_np - 7] == m.probe_labels_np)  # rows and labels stay paired

@@ -233,10 +233,9 @@ class _ProbeMethod(Method):
         if len(probe_rows) == 0 or len(probe_rows) != len(probe_labels):
             raise ValueError("the probe set needs at least one row and one label per row")
         # Class-interleaved (c0, c1, ..., c0, c1, ...): consecutive slices are class-balanced.
-        order = np.lexsort((np.arange(len(probe_labels)), probe_labels))
-        within = np.zeros(len(order), dtype=np.int64)
+        within = np.zeros(len(probe_labels), dtype=np.int64)  # rank of each row within its class
         for c in np.unique(probe_labels):
-            at = order[probe_labels[order] == c]
+            at = np.flatnonzero(probe_labels == c)
             within[at] = np.arange(len(at))
         inter = np.lexsort((probe_labels, within))
         self.probe_rows_np, self.probe_labels_np = probe_rows[inter], probe_labels[inter]
@@ -352,7 +351,7 @@ class L2R(_ProbeMethod):
         net = step.nets[0]
         logits = net(step.x).float()
         x_p, y_p = self._probe_batch(step, len(step.y))
-        mom, wd = self._meta_inputs(net)
+        _, wd = self._meta_inputs(net)  # L2R's look-ahead has no momentum term
         grad_w, _ = meta_gradients(net, step.x, step.y, logits, x_p, y_p, w0=0.0, alpha=self.alpha,
                                    weight_decay=wd, route=self.route)
         w = normalized_weights(grad_w)
