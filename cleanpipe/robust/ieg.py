@@ -248,6 +248,7 @@ class _ProbeMethod(Method):
 
     def bind(self, data, augment, optimizer) -> None:
         self.data, self.augment, self.optimizer = data, augment, optimizer
+        self._decay = {id(p): g.get("weight_decay", 0.0) for g in optimizer.param_groups for p in g["params"]}
         dev = data.device
         self.probe_rows = torch.as_tensor(self.probe_rows_np, device=dev)
         self.probe_labels = torch.as_tensor(self.probe_labels_np, device=dev)
@@ -272,11 +273,10 @@ class _ProbeMethod(Method):
 
     def _meta_inputs(self, net: nn.Module) -> tuple[dict, dict]:
         """The optimizer's momentum buffers (read before its step) and weight decay, by parameter name."""
-        decay = {id(p): g.get("weight_decay", 0.0) for g in self.optimizer.param_groups for p in g["params"]}
         mom, wd = {}, {}
         for name, p in _module(net).named_parameters():
-            if decay.get(id(p), 0.0):
-                wd[name] = decay[id(p)]
+            if self._decay.get(id(p), 0.0):
+                wd[name] = self._decay[id(p)]
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 mom[name] = buf.detach()
