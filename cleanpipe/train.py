@@ -25,9 +25,10 @@ METHODS = ("standard", "coteaching", "coteaching-plus", "incv-coteaching", "l2r"
 PROBE_METHODS = ("l2r", "ieg")
 SUBSETS = ("kept", "all")
 MODEL_FORMAT = "cleanpipe-model-1"
-CHECKPOINT_EVERY_S = 30.0
+CHECKPOINT_EVERY_S = 30.0  # an interrupted training resumes from its last checkpoint (see engine.fit)
+# Per-epoch numbers a method reports that go into history.csv beside loss and accuracy.
 HISTORY_EXTRAS = ("forget_rate", "pure_ratio", "mean_weight", "zero_weight_share", "pseudo_label_share",
-                  "mean_weight_clean", "mean_weight_noisy")  # an interrupted training resumes from its last checkpoint (see engine.fit)
+                  "mean_weight_clean", "mean_weight_noisy")
 
 
 @dataclass
@@ -78,7 +79,6 @@ def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto
     """
     from cleanpipe.crossval import default_settings
 
-    over: dict = {}
     if epochs is None:
         if len(input_shape) == 1:
             epochs = 60
@@ -88,8 +88,8 @@ def train_settings(input_shape: tuple[int, ...], source: str, model: str = "auto
             epochs = 20
         else:
             epochs = 100
-    if len(input_shape) == 3 and input_shape[0] == 1 and min(input_shape[1:]) > 16:
-        over = {"batch_size": 256, "lr": 0.1}
+    grey_28 = len(input_shape) == 3 and input_shape[0] == 1 and min(input_shape[1:]) > 16
+    over = {"batch_size": 256, "lr": 0.1} if grey_28 else {}
     over.update({k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None})
     return default_settings(input_shape, source, model, epochs=epochs, seed=seed, **over)
 
@@ -264,9 +264,9 @@ def run_train_stage(
         y_all = np.concatenate([labels, ds.y_test]).astype(np.int64)
         test_rows = n + np.arange(len(ds.y_test))
         data = DeviceData(X_all, dev, fit_rows=rows)
-        cfg = settings.train_config(seed)
-        if method in PROBE_METHODS:  # IEG's recipe: plain momentum (its look-ahead reads the buffer) and the EMA
-            cfg = settings.train_config(seed, nesterov=False, schedule=ieg.schedule, ema=ieg.ema)
+        # IEG's recipe: plain momentum (its look-ahead reads the buffer) and the EMA.
+        recipe = dict(nesterov=False, schedule=ieg.schedule, ema=ieg.ema) if method in PROBE_METHODS else {}
+        cfg = settings.train_config(seed, **recipe)
         parameters = {"method": method, "subset": subset if method != "incv-coteaching" else "incv-sets",
                       "clean_labels": clean_labels,
                       **{k: v for k, v in asdict(settings).items() if k in ("model", "epochs", "batch_size", "lr", "seed")},
@@ -373,7 +373,7 @@ def _probe_set(run: Run, ds, truth: np.ndarray | None, opts: IegOptions, seed: i
         rows, trusted = read_partial_labels(Path(opts.probe_labels), [str(i) for i in ds.ids_train], ds.class_names)
         if trusted.max(initial=0) >= ds.n_classes:
             raise CleanpipeError(f"{opts.probe_labels}: label {trusted.max()} is out of range; classes are 0..{ds.n_classes - 1}")
-        source = f"{opts.probe_labels}"
+        source = str(opts.probe_labels)
     elif truth is not None:
         rows, trusted, source = np.arange(len(truth)), truth, "the true labels"
     else:

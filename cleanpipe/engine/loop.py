@@ -267,9 +267,7 @@ def fit(
         if checkpoint is not None and epoch + 1 < cfg.epochs and time.monotonic() - last_save >= checkpoint_every_s:
             _save_checkpoint(checkpoint, epoch + 1, nets, opt, method, cfg, emas)
             last_save = time.monotonic()
-    if emas:
-        _copy_buffers(emas, nets)
-    for net in nets + emas:
+    for net in nets + emas:  # the averaged networks got the live statistics at the end of the last epoch
         net.eval()
     return emas or nets
 

@@ -96,6 +96,13 @@ def _full(z: torch.Tensor) -> torch.Tensor:
     return z if z.dtype == torch.float64 else z.float()
 
 
+def _layout_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``ref``'s memory format (the engine hands channels_last image batches to the networks)."""
+    if x.ndim == 4 and ref.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _module(net: nn.Module) -> nn.Module:
     return getattr(net, "_orig_mod", net)  # the eager module behind torch.compile
 
@@ -266,10 +273,7 @@ class _ProbeMethod(Method):
         size = min(size, n)
         at = (step.step * size + torch.arange(size, device=self.probe_rows.device)) % n
         rows = self.probe_rows[at]
-        x = self.data.batch(rows, self.augment, step.generator)
-        if x.ndim == 4 and step.x.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.probe_labels[at]
+        return _layout_like(self.data.batch(rows, self.augment, step.generator), step.x), self.probe_labels[at]
 
     def _meta_inputs(self, net: nn.Module) -> tuple[dict, dict]:
         """The optimizer's momentum buffers (read before its step) and weight decay, by parameter name."""
@@ -429,9 +433,7 @@ class IEG(_ProbeMethod):
             return (step.x + noise) * keep
         policy, geometric, size = self._strong_aug
         x = geometric(policy(step.x_raw, step.generator), step.generator)
-        x = self.data.normalize(cutout(x, size, step.generator))
-        return x.contiguous(memory_format=torch.channels_last) if step.x.is_contiguous(
-            memory_format=torch.channels_last) else x
+        return _layout_like(self.data.normalize(cutout(x, size, step.generator)), step.x)
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         net, y, B = step.nets[0], step.y, len(step.y)
@@ -457,10 +459,8 @@ class IEG(_ProbeMethod):
             perm = torch.randperm(len(X), generator=g, device=X.device)
             X = lam.view(-1, *[1] * (X.ndim - 1)) * X + (1 - lam.view(-1, *[1] * (X.ndim - 1))) * X[perm]
             T = lam[:, None] * T + (1 - lam[:, None]) * T[perm]
-            if X.ndim == 4 and step.x.is_contiguous(memory_format=torch.channels_last):
-                X = X.contiguous(memory_format=torch.channels_last)
             with frozen_batchnorm(_module(net)):
-                z_mix = net(X).float()
+                z_mix = net(_layout_like(X, step.x)).float()
             chunks = [logit_norm(c) for c in z_mix.split(B)]
             l_loss = soft_cross_entropy(T[:B], chunks[0]).mean()
             u_loss = soft_cross_entropy(T[B:], torch.cat(chunks[1:])).mean()
