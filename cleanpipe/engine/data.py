@@ -67,8 +67,8 @@ class Augment:
     methods that need strong augmentation (IEG, Noisy Student).
     """
 
-    def __init__(self, pad: int, flip: bool, policy: str | None = None) -> None:
-        self.pad, self.flip, self.policy = pad, flip, policy
+    def __init__(self, pad: int, flip: bool, policy: str | None = None, magnitude: float = 10.0) -> None:
+        self.pad, self.flip, self.policy, self.magnitude = pad, flip, policy, magnitude
         self._policy = None
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,7 +96,7 @@ class Augment:
             from kornia.augmentation import auto
 
             self._policy = (
-                auto.AutoAugment(policy="cifar10") if self.policy == "autoaugment" else auto.RandAugment(n=2, m=10)
+                auto.AutoAugment(policy="cifar10") if self.policy == "autoaugment" else auto.RandAugment(n=2, m=self.magnitude)
             ).to(x.device)
         if x.shape[1] == 1:  # kornia's colour ops want RGB: grey as 3 equal channels, averaged back
             return self._policy(x.expand(-1, 3, -1, -1)).mean(1, keepdim=True).clamp_(0.0, 1.0)
@@ -115,3 +115,48 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return x.masked_fill(inside[:, None], 0.0)
 
+
+
+class StrongView:
+    """A strongly augmented copy of a training batch, for IEG's second view and Noisy Student's noised student.
+
+    Images: the policy (kornia's RandAugment or AutoAugment, on the whole batch) applied to the weakly
+    augmented batch, then pad-crop by an eighth of the side (flips where the data flips) and Cutout of
+    ``cutout`` of the side (half, as IEG and Noisy Student's small-image pipeline do; 0 for none).
+    Tables: Gaussian noise of 0.2 standard deviations on the standardised features, then 20% of the
+    features zeroed (feature dropout).
+
+    Parameters
+    ----------
+    data : DeviceData
+    policy : {'randaugment', 'autoaugment'}
+    flip : bool
+        Mirror images at random (the weak augmentation's setting).
+    cutout : float
+        Side of the Cutout square as a share of the image side.
+    magnitude : float
+        RandAugment's magnitude on kornia's scale (0-30).
+    """
+
+    def __init__(self, data: DeviceData, policy: str, flip: bool = False, cutout: float = 0.5,
+                 magnitude: float = 10.0) -> None:
+        self.data = data
+        if data.is_image:
+            size = min(data.X.shape[2:])
+            self.policy = Augment(pad=0, flip=False, policy=policy, magnitude=magnitude)
+            self.geometric = Augment(pad=max(1, round(size / 8)), flip=flip)
+            self.cutout = int(round(size * cutout))
+
+    def __call__(self, x_raw: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The strong view of a batch: ``x_raw`` as ``Step.x_raw``, ``x`` the normalised batch (its layout is kept)."""
+        if not self.data.is_image:
+            noise = torch.randn(x.shape, generator=generator, device=x.device) * 0.2
+            keep = (torch.rand(x.shape, generator=generator, device=x.device) >= 0.2).float()
+            return (x + noise) * keep
+        out = self.geometric(self.policy(x_raw, generator), generator)
+        if self.cutout > 0:
+            out = cutout(out, self.cutout, generator)
+        out = self.data.normalize(out)
+        if x.is_contiguous(memory_format=torch.channels_last):  # the engine hands channels_last batches to networks
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out

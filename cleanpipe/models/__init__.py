@@ -29,6 +29,12 @@ def _small_cnn(shape, k):
     return SmallCNN(shape[0], k, size=size, width=32 if size <= 16 else 16)
 
 
+def _small_cnn_wide(shape, k):
+    from cleanpipe.models.nets import SmallCNN
+
+    return SmallCNN(shape[0], k, size=min(shape[1:]), width=32 if min(shape[1:]) > 16 else 64)
+
+
 def _cnn9(shape, k):
     from cleanpipe.models.nets import CNN9
 
@@ -89,6 +95,7 @@ def _logreg(shape, k):
 
 MODELS: dict[str, ModelInfo] = {
     "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images"),
+    "small_cnn_wide": ModelInfo(_small_cnn_wide, "image", "small_cnn at twice the width: Noisy Student's larger student"),
     "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images"),
     "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
     "resnet32": ModelInfo(_resnet32, "image", "the CIFAR ResNet-32 of INCV (3 x 5 basic blocks, 16/32/64 channels)"),
@@ -124,3 +131,35 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
             f"{'images' if is_image else 'a table'}; choose auto or a model for {'images' if is_image else 'tables'}"
         )
     return info.build(tuple(input_shape), n_classes)
+
+
+def add_model_noise(net, dropout: float = 0.0, stochastic_depth: float = 0.0) -> dict:
+    """Noisy Student's model noise on a network, in place; both are off in eval mode.
+
+    Dropout of rate ``dropout`` on the input of the final linear layer (``net.head``). Stochastic depth
+    on the residual blocks whose skip is the identity: the i-th of the network's n blocks (0-based, in
+    module order, counting every block) drops its branch with probability ``stochastic_depth * i / n``
+    (``reference/noisystudent.md`` 1.6; 0.2 gives the last of 16 blocks 0.1875).
+
+    Returns
+    -------
+    dict
+        ``dropout`` (the rate, 0 where the network has no ``head``) and ``stochastic_depth_blocks``
+        (how many blocks got a non-zero rate).
+    """
+    import torch.nn.functional as F
+
+    from cleanpipe.models.nets import SkipBlock
+
+    applied = 0.0
+    head = getattr(net, "head", None)
+    if dropout > 0 and head is not None:
+        head.register_forward_pre_hook(lambda m, args: (F.dropout(args[0], dropout, m.training),))
+        applied = float(dropout)
+    blocks = [m for m in net.modules() if isinstance(m, SkipBlock)]
+    n_blocks = 0
+    for i, block in enumerate(blocks):
+        if block.identity_skip and stochastic_depth > 0 and i > 0:
+            block.drop_path = stochastic_depth * i / len(blocks)
+            n_blocks += 1
+    return {"dropout": applied, "stochastic_depth_blocks": n_blocks}

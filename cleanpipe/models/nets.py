@@ -14,6 +14,21 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+def drop_path(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero each example's residual branch with probability ``rate``, rescale the rest by 1/(1 - rate)."""
+    if not training or rate <= 0.0:
+        return branch
+    keep = (torch.rand((branch.shape[0],) + (1,) * (branch.ndim - 1), device=branch.device) >= rate).to(branch.dtype)
+    return branch * keep / (1.0 - rate)
+
+
+class SkipBlock(nn.Module):
+    """A residual block; ``drop_path`` (0 = off) is its stochastic-depth rate, used only where the skip is the identity."""
+
+    drop_path: float = 0.0
+    identity_skip: bool = False
+
+
 class SmallCNN(nn.Module):
     """A small, fast CNN for digits (8x8) and 28x28 images.
 
@@ -67,9 +82,10 @@ class CNN9(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(SkipBlock):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
+        self.identity_skip = stride == 1 and c_in == c_out
         self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
@@ -82,7 +98,7 @@ class PreActBlock(nn.Module):
         skip = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(torch.relu(self.bn2(out)))
-        return out + skip
+        return drop_path(out, self.drop_path, self.training) + skip
 
 
 class PreActResNet18(nn.Module):
@@ -125,11 +141,12 @@ class MLP(nn.Module):
         return self.head(self.body(x.flatten(1)))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(SkipBlock):
     """conv3x3-BN-ReLU-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes), then ReLU."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
+        self.identity_skip = stride == 1 and c_in == c_out
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
@@ -141,7 +158,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return torch.relu(drop_path(self.bn2(self.conv2(out)), self.drop_path, self.training) + self.shortcut(x))
 
 
 class ResNet32(nn.Module):
@@ -172,11 +189,12 @@ def _pool_pad(x: torch.Tensor, stride: int, c_out: int) -> torch.Tensor:
     return x
 
 
-class WideBlock(nn.Module):
+class WideBlock(SkipBlock):
     """A pre-activation WRN block: [BN-ReLU] conv3x3(stride) BN-ReLU conv3x3, plus the pooled, padded input."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, activate_before_residual: bool = False) -> None:
         super().__init__()
+        self.identity_skip = stride == 1 and c_in == c_out and not activate_before_residual
         self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
@@ -186,7 +204,7 @@ class WideBlock(nn.Module):
         act = torch.relu(self.bn1(x))
         skip = act if self.activate_before_residual else x
         out = self.conv2(torch.relu(self.bn2(self.conv1(act))))
-        return out + _pool_pad(skip, self.stride, self.c_out)
+        return drop_path(out, self.drop_path, self.training) + _pool_pad(skip, self.stride, self.c_out)
 
 
 class WRN28(nn.Module):
@@ -228,7 +246,7 @@ class WRN28(nn.Module):
         return self.head(torch.relu(self.bn(x)).mean(dim=(2, 3)))
 
 
-class Bottleneck29(nn.Module):
+class Bottleneck29(SkipBlock):
     """ResNet v2 bottleneck: [BN] conv1x1(stride) - BN-ReLU conv3x3 - BN-ReLU conv1x1(c_out), plus a shortcut.
 
     ``pre_bn`` False for the network's first block (its input is the stem's BN-ReLU output). As in the
@@ -242,12 +260,13 @@ class Bottleneck29(nn.Module):
         self.bn_b, self.conv_b = nn.BatchNorm2d(c_mid), nn.Conv2d(c_mid, c_mid, 3, 1, 1, bias=False)
         self.bn_c, self.conv_c = nn.BatchNorm2d(c_mid), nn.Conv2d(c_mid, c_out, 1, bias=False)
         self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if project else nn.Identity()
+        self.identity_skip = not project and stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_a(self.bn_a(x))
         out = self.conv_b(torch.relu(self.bn_b(out)))
         out = self.conv_c(torch.relu(self.bn_c(out)))
-        return out + self.shortcut(x)
+        return drop_path(out, self.drop_path, self.training) + self.shortcut(x)
 
 
 class ResNet29(nn.Module):

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from cleanpipe.engine.data import Augment, cutout
+from cleanpipe.engine.data import StrongView
 from cleanpipe.engine.method import Method, Step
 
 ROUTES = ("jvp", "autograd")
@@ -419,21 +419,11 @@ class IEG(_ProbeMethod):
 
     def bind(self, data, augment, optimizer) -> None:
         super().bind(data, augment, optimizer)
-        if data.is_image:
-            size = min(data.X.shape[2:])
-            # The policy, then pad-4-crop (scaled to the image) and flips as the weak view, then Cutout (half the side).
-            self._strong_aug = (Augment(pad=0, flip=False, policy=self.policy),
-                                Augment(pad=max(1, round(size / 8)), flip=bool(augment and augment.flip)), size // 2)
+        # The policy, then pad-crop and flips as the weak view, then Cutout of half the side; tables get noise.
+        self._strong_aug = StrongView(data, self.policy, flip=bool(augment and augment.flip))
 
     def _strong_view(self, step: Step) -> torch.Tensor:
-        if self._strong_aug is None:  # tables: noise and feature dropout on the normalised features
-            g = step.generator
-            noise = torch.randn(step.x.shape, generator=g, device=step.x.device) * 0.2
-            keep = (torch.rand(step.x.shape, generator=g, device=step.x.device) >= 0.2).float()
-            return (step.x + noise) * keep
-        policy, geometric, size = self._strong_aug
-        x = geometric(policy(step.x_raw, step.generator), step.generator)
-        return _layout_like(self.data.normalize(cutout(x, size, step.generator)), step.x)
+        return self._strong_aug(step.x_raw, step.x, step.generator)
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         net, y, B = step.nets[0], step.y, len(step.y)
