@@ -430,7 +430,7 @@ def print_theory_summary(run_dir: Path, stage) -> None:
 @user_errors
 def train(
     run_dir: Path = RunArg,
-    method: str = typer.Option("standard", "--method", help="standard | coteaching | coteaching-plus | incv-coteaching | l2r | ieg"),
+    method: str = typer.Option("standard", "--method", help="standard | coteaching | coteaching-plus | incv-coteaching | l2r | ieg | noisy-student"),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
@@ -439,18 +439,29 @@ def train(
     forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
     selection: str = typer.Option("class", "--selection", help="Co-teaching's small-loss picks: class (spread over the given labels' classes) | batch (the papers' rule)."),
-    probe_per_class: int = typer.Option(10, "--probe-per-class", help="IEG/L2R: trusted examples per class, held out of training."),
-    probe_labels: Optional[Path] = typer.Option(None, "--probe-labels", help="IEG/L2R: hand-checked labels (CSV id,label or JSON {id: label}); default the true labels of a benchmark run."),
-    ce_factor: float = typer.Option(5.0, "--ce-factor", help="IEG: weight of the MixUp loss on the training rows (p)."),
-    consistency_factor: Optional[float] = typer.Option(None, "--consistency-factor", help="IEG: weight of the weak/strong KL (k; default 20 on colour images as in the paper, 2 on grey ones)."),
-    unsup_ramp: Optional[float] = typer.Option(None, "--unsup-ramp", help="IEG: share of the run over which the MixUp and KL terms rise from 0 (default 0 on colour images, 0.5 on grey ones)."),
-    temperature: float = typer.Option(0.5, "--temperature", help="IEG: sharpening of the pseudo labels."),
-    views: int = typer.Option(2, "--views", help="IEG: augmentations averaged for a pseudo label (weak + strong ones)."),
-    mixup: bool = typer.Option(True, "--mixup/--no-mixup", help="IEG: MixUp of probe and training rows."),
-    ema: float = typer.Option(0.999, "--ema", help="IEG/L2R: decay of the weight average that is evaluated (0: off)."),
-    policy: str = typer.Option("auto", "--policy", help="IEG's strong augmentation: auto (AutoAugment on colour, RandAugment on grey) | autoaugment | randaugment."),
-    schedule: str = typer.Option("onecycle", "--schedule", help="IEG/L2R learning rate: onecycle | restarts (the paper's cosine restarts, for long runs)."),
-    meta_route: str = typer.Option("jvp", "--meta-route", help="IEG/L2R meta-gradient: jvp (one forward-mode pass) | autograd (second-order backward)."),
+    probe_per_class: int = typer.Option(10, "--probe-per-class", help="IEG/L2R: trusted examples per class, held out of training.", rich_help_panel="IEG / L2R"),
+    probe_labels: Optional[Path] = typer.Option(None, "--probe-labels", help="IEG/L2R: hand-checked labels (CSV id,label or JSON {id: label}); default the true labels of a benchmark run.", rich_help_panel="IEG / L2R"),
+    ce_factor: float = typer.Option(5.0, "--ce-factor", help="IEG: weight of the MixUp loss on the training rows (p).", rich_help_panel="IEG / L2R"),
+    consistency_factor: Optional[float] = typer.Option(None, "--consistency-factor", help="IEG: weight of the weak/strong KL (k; default 20 on colour images as in the paper, 2 on grey ones).", rich_help_panel="IEG / L2R"),
+    unsup_ramp: Optional[float] = typer.Option(None, "--unsup-ramp", help="IEG: share of the run over which the MixUp and KL terms rise from 0 (default 0 on colour images, 0.5 on grey ones).", rich_help_panel="IEG / L2R"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="IEG: sharpening of the pseudo labels (default 0.5); noisy-student: temperature of the soft pseudo labels (default 1).", rich_help_panel="IEG / L2R"),
+    views: int = typer.Option(2, "--views", help="IEG: augmentations averaged for a pseudo label (weak + strong ones).", rich_help_panel="IEG / L2R"),
+    mixup: bool = typer.Option(True, "--mixup/--no-mixup", help="IEG: MixUp of probe and training rows.", rich_help_panel="IEG / L2R"),
+    ema: float = typer.Option(0.999, "--ema", help="IEG/L2R/noisy-student: decay of the weight average that is evaluated (and labels, 0: off).", rich_help_panel="IEG / L2R"),
+    policy: str = typer.Option("auto", "--policy", help="The strong augmentation: auto (IEG: AutoAugment on colour, RandAugment on grey; noisy-student: RandAugment on colour, none on grey) | autoaugment | randaugment | none (noisy-student).", rich_help_panel="IEG / L2R"),
+    iterations: int = typer.Option(2, "--iterations", help="Noisy Student: students trained, each the next one's teacher.", rich_help_panel="Noisy Student"),
+    threshold: float = typer.Option(0.3, "--threshold", help="Noisy Student: confidence below which a flagged example is unresolved (left out of that student).", rich_help_panel="Noisy Student"),
+    soft: bool = typer.Option(True, "--soft/--hard", help="Noisy Student: the teacher's distribution as target, or its argmax (smoothed by 0.1).", rich_help_panel="Noisy Student"),
+    balance: bool = typer.Option(False, "--balance/--no-balance", help="Noisy Student: resample the pseudo-labeled examples per class (to --balance-to), at most --max-copies each.", rich_help_panel="Noisy Student"),
+    balance_to: str = typer.Option("prior", "--balance-to", help="Noisy Student with --balance: prior (the kept examples' class mix) | uniform (the paper's equal counts).", rich_help_panel="Noisy Student"),
+    max_copies: int = typer.Option(3, "--max-copies", help="Noisy Student with --balance: copies of one pseudo-labeled example at most.", rich_help_panel="Noisy Student"),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Noisy Student: extra unlabeled data shaped like the run's (.npz with X, a .csv/.parquet table, or a folder of images).", rich_help_panel="Noisy Student"),
+    unlabeled_weight: float = typer.Option(1.0, "--unlabeled-weight", help="Noisy Student: loss weight of a pseudo-labeled example against a labeled one.", rich_help_panel="Noisy Student"),
+    dropout: float = typer.Option(0.2, "--dropout", help="Noisy Student: the student's dropout before its last layer.", rich_help_panel="Noisy Student"),
+    stochastic_depth: float = typer.Option(0.2, "--stochastic-depth", help="Noisy Student: the last residual block's drop rate, linear in depth (residual networks only).", rich_help_panel="Noisy Student"),
+    write_labels: Optional[Path] = typer.Option(None, "--write-labels", help="Noisy Student: write the corrected training labels (.npy, .csv id,label or .json), readable by --labels.", rich_help_panel="Noisy Student"),
+    schedule: str = typer.Option("onecycle", "--schedule", help="IEG/L2R learning rate: onecycle | restarts (the paper's cosine restarts, for long runs).", rich_help_panel="IEG / L2R"),
+    meta_route: str = typer.Option("jvp", "--meta-route", help="IEG/L2R meta-gradient: jvp (one forward-mode pass) | autograd (second-order backward).", rich_help_panel="IEG / L2R"),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
@@ -469,24 +480,36 @@ def train(
       [bold]cleanpipe train runs/demo --method incv-coteaching[/]   (after cleanpipe prune runs/demo --method incv)
 
       [bold]cleanpipe train runs/demo --method ieg --subset all --probe-per-class 10[/]   (trusted probe: the benchmark's true labels, or --probe-labels FILE)
+
+      [bold]cleanpipe train runs/demo --method noisy-student --write-labels fixed.csv[/]   (relabels the flagged examples: RUN/train/relabel.csv)
     """
     from cleanpipe.progress import RichProgress
     from cleanpipe.run import Run
-    from cleanpipe.train import IegOptions, run_train_stage
+    from cleanpipe.train import IegOptions, NoisyStudentOptions, run_train_stage
 
     _set_threads(threads)
     ieg = IegOptions(probe_per_class=probe_per_class, probe_labels=None if probe_labels is None else str(probe_labels),
-                     ce_factor=ce_factor, consistency_factor=consistency_factor, temperature=temperature, views=views,
+                     ce_factor=ce_factor, consistency_factor=consistency_factor,
+                     temperature=0.5 if temperature is None else temperature, views=views,
                      mixup=mixup, ema=ema, policy=policy, route=meta_route, schedule=schedule, ramp=unsup_ramp)
+    if balance and balance_to not in ("prior", "uniform"):
+        raise CleanpipeError(f"--balance-to must be prior or uniform, got {balance_to!r}")
+    ns = NoisyStudentOptions(iterations=iterations, threshold=threshold, soft=soft,
+                             temperature=1.0 if temperature is None else temperature,
+                             balance=balance_to if balance else "none", max_copies=max_copies, unl_weight=unlabeled_weight,
+                             dropout=dropout, stochastic_depth=stochastic_depth, ema=ema,
+                             policy=policy,
+                             unlabeled=None if unlabeled is None else str(unlabeled),
+                             write_labels=None if write_labels is None else str(write_labels))
     with RichProgress(console) as progress:
         stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs,
                                 batch_size=batch_size, lr=lr, seed=seed,
                                 device=device, forget_rate=forget_rate, clean_labels=clean_labels, selection=selection,
-                                ieg=ieg, progress=progress)
-    print_train_summary(run_dir, stage)
+                                ieg=ieg, noisy_student=ns, progress=progress)
+    print_train_summary(run_dir, stage, write_labels=write_labels if method == "noisy-student" else None)
 
 
-def print_train_summary(run_dir: Path, stage) -> None:
+def print_train_summary(run_dir: Path, stage, write_labels: Optional[Path] = None) -> None:
     m, p = stage.manifest["metrics"], stage.manifest["parameters"]
     extra = f", forget rate {p['forget_rate']:.3f}" if "forget_rate" in p else ""
     noise = f" (true noise among them {m['train_noise_rate_true']:.1%})" if "train_noise_rate_true" in m else ""
@@ -494,10 +517,27 @@ def print_train_summary(run_dir: Path, stage) -> None:
         f"[bold green]train[/] {p['method']} on {m['n_train']:,} examples{noise}, {p['model']}, {p['epochs']} epochs{extra}: "
         f"test accuracy [bold]{m['test_accuracy']:.4f}[/] on {m['n_test']:,} test examples"
     )
+    outputs = ["model.pt", "history.csv"]
+    if "iterations" in m:  # Noisy Student: one line per network, then the decisions
+        for r in m["iterations"]:
+            used = "" if r["role"] == "teacher" else f" + {r['n_pseudo']:,} pseudo-labeled"
+            console.print(f"  {r['role']} {r['iteration']}: {r['n_labeled']:,} labeled{used}, test accuracy {r['test_accuracy']:.4f}")
+        acc = ""
+        if m.get("relabel_accuracy") is not None:
+            acc = f"; relabels right {m['relabel_accuracy']:.1%} (true labels)"
+        console.print(
+            f"  flagged {m['n_flagged']:,}: [bold]{m['n_relabel']:,} relabel[/], {m['n_confirm']:,} confirm, "
+            f"{m['n_unresolved']:,} unresolved{acc}"
+        )
+        outputs += ["relabel.csv", "relabel_probs.npz"]
+        if (run_dir / "train" / "unlabeled_labels.csv").is_file():
+            outputs.append("unlabeled_labels.csv")
+    if (run_dir / "train" / "example_weights.csv").is_file():
+        outputs += ["example_weights.csv", "probe.csv"]
     console.print(
         f"[dim]{m['train_seconds']:.1f}s of training on {stage.manifest['device']}; "
-        f"wrote {run_dir / 'train'}/ model.pt history.csv"
-        f"{' example_weights.csv probe.csv' if (run_dir / 'train' / 'example_weights.csv').is_file() else ''} manifest.json[/]"
+        f"wrote {run_dir / 'train'}/ {' '.join(outputs)} manifest.json"
+        f"{f'; corrected labels in {write_labels}' if write_labels else ''}[/]"
     )
 
 
