@@ -606,7 +606,7 @@ def run_all(
     folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
-    method: str = typer.Option("coteaching", "--method", help="Training method: standard | coteaching | coteaching-plus | incv-coteaching (see `cleanpipe train --help`)."),
+    method: str = typer.Option("coteaching", "--method", help="Training method: standard | coteaching | coteaching-plus | incv-coteaching | l2r | ieg | noisy-student (see `cleanpipe train --help`)."),
     prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,

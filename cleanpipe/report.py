@@ -118,16 +118,22 @@ def plot_training_curves(history, path: Path) -> None:
     """Loss, accuracies and forget rate per epoch from ``train/history.csv``."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    a1.plot(history["epoch"], history["loss"], label="training loss")
-    a1.set_xlabel("epoch")
+    x, xlabel = history["epoch"], "epoch"
+    if "iteration" in history:  # Noisy Student: the teacher's epochs, then each student's, end to end
+        x, xlabel = np.arange(1, len(history) + 1), "epoch (teacher, then each student)"
+        for start in np.flatnonzero(np.diff(history["iteration"].to_numpy()) != 0):
+            for ax in (a1, a2):
+                ax.axvline(start + 1.5, color="grey", lw=0.8, ls="--")
+    a1.plot(x, history["loss"], label="training loss")
+    a1.set_xlabel(xlabel)
     a1.set_title("loss")
-    a2.plot(history["epoch"], history["train_accuracy"], label="train accuracy (given labels)")
-    a2.plot(history["epoch"], history["test_accuracy"], label="test accuracy")
+    a2.plot(x, history["train_accuracy"], label="train accuracy (given labels)")
+    a2.plot(x, history["test_accuracy"], label="test accuracy")
     if "forget_rate" in history:
-        a2.plot(history["epoch"], history["forget_rate"], "--", label="forget rate")
+        a2.plot(x, history["forget_rate"], "--", label="forget rate")
     if "pure_ratio" in history:
-        a2.plot(history["epoch"], history["pure_ratio"], ":", label="picked examples with right labels")
-    a2.set_xlabel("epoch")
+        a2.plot(x, history["pure_ratio"], ":", label="picked examples with right labels")
+    a2.set_xlabel(xlabel)
     a2.set_ylim(0, 1.02)
     a2.legend(fontsize=8)
     a2.set_title("accuracy")

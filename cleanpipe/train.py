@@ -3,7 +3,9 @@
 Methods are loss/selection steps run by the one engine (``cleanpipe.engine.fit``):
 ``standard`` (cross-entropy), ``coteaching``, ``coteaching-plus`` and ``incv-coteaching``
 (``cleanpipe.robust.coteaching``), ``l2r`` and ``ieg`` (``cleanpipe.robust.ieg``, with a trusted
-probe set held out of the training rows). The test split is scored after every epoch
+probe set held out of the training rows), ``noisy-student`` (``cleanpipe.robust.noisystudent``: a
+teacher on the kept rows, then students on kept + pseudo-labeled flagged rows; ``train/relabel.csv``).
+The test split is scored after every epoch
 (``train/history.csv``); ``train/model.pt`` holds the first network's weights and what is needed
 to rebuild it (load with ``torch.load(path, weights_only=True)``).
 """
@@ -415,6 +417,7 @@ class _Trainer:
         import torch
 
         from cleanpipe.engine import fit, predict_proba
+        from cleanpipe.engine.loop import _prepare
 
         cfg, data, ds = self.cfg, self.data, self.ds
         self.steps += self.epochs * max(1, len(rows) // min(cfg.batch_size, len(rows)))
@@ -427,7 +430,8 @@ class _Trainer:
                 saved = torch.load(done, map_location="cpu", weights_only=True)
                 for net, sd in zip(nets, saved["nets"]):
                     net.load_state_dict(sd)
-                return [net.to(data.device).eval() for net in nets], saved["history"]
+                # The memory layout fit gives its networks: a resumed run predicts bit for bit as an uninterrupted one.
+                return [net.eval() for net in _prepare(nets, data.device, cfg, data.is_image)], saved["history"]
             except Exception:  # noqa: BLE001 - a torn file: train this network again
                 done.unlink(missing_ok=True)
         epoch_started = [time.perf_counter()]

@@ -225,3 +225,38 @@ def test_table_dataset_runs_the_whole_pipeline_with_extra_unlabeled_rows(tmp_pat
     m = json.loads((run / "train" / "manifest.json").read_text())["metrics"]
     assert m["label_accuracy_corrected"] > m["label_accuracy_given"]
     assert m["model_noise"]["dropout"] == 0.2
+
+
+def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
+    """Stopped while the student starts: the finished teacher is kept and reused, and the result is the uninterrupted one's."""
+    import shutil
+
+    from cleanpipe.progress import NullProgress
+    from cleanpipe.run import Run
+    from cleanpipe.train import NoisyStudentOptions, run_train_stage
+
+    a = _digits_prune_run(tmp_path, cli, "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+
+    class StopAtStudent(NullProgress):
+        def start(self, label, total, level=0):
+            if label.startswith("student"):
+                raise KeyboardInterrupt
+
+    opts = NoisyStudentOptions(iterations=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_stage(Run(a), method="noisy-student", epochs=2, device="cpu", noisy_student=opts, progress=StopAtStudent())
+    assert not (a / "train" / "manifest.json").exists() and list((a / "train" / "resume").glob("*.done.pt"))
+    started = []
+
+    class Watch(NullProgress):
+        def start(self, label, total, level=0):
+            started.append(label)
+
+    run_train_stage(Run(a), method="noisy-student", epochs=2, device="cpu", noisy_student=opts, progress=Watch())
+    assert started == ["student 1/1 epochs"]  # the teacher was not trained again
+    run_train_stage(Run(b), method="noisy-student", epochs=2, device="cpu", noisy_student=opts)
+    assert (a / "train" / "relabel.csv").read_bytes() == (b / "train" / "relabel.csv").read_bytes()
+    assert not (a / "train" / "resume").exists()  # the finished stage keeps no resume state
+    assert cli("report", a)[0] == 0  # the report plots the teacher's and the student's epochs end to end
