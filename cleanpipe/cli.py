@@ -450,6 +450,7 @@ def train(
     ema: float = typer.Option(0.999, "--ema", help="IEG/L2R/noisy-student: decay of the weight average that is evaluated (and labels, 0: off).", rich_help_panel="IEG / L2R"),
     policy: str = typer.Option("auto", "--policy", help="The strong augmentation: auto (IEG: AutoAugment on colour, RandAugment on grey; noisy-student: RandAugment on colour, none on grey) | autoaugment | randaugment | none (noisy-student).", rich_help_panel="IEG / L2R"),
     iterations: int = typer.Option(2, "--iterations", help="Noisy Student: students trained, each the next one's teacher.", rich_help_panel="Noisy Student"),
+    student_model: str = typer.Option("auto", "--student-model", help="Noisy Student: the students' network (auto: the teacher's --model, widened where a wider one exists: small_cnn -> small_cnn_wide).", rich_help_panel="Noisy Student"),
     threshold: float = typer.Option(0.3, "--threshold", help="Noisy Student: confidence below which a flagged example is unresolved (left out of that student).", rich_help_panel="Noisy Student"),
     soft: bool = typer.Option(True, "--soft/--hard", help="Noisy Student: the teacher's distribution as target, or its argmax (smoothed by 0.1).", rich_help_panel="Noisy Student"),
     balance: bool = typer.Option(False, "--balance/--no-balance", help="Noisy Student: resample the pseudo-labeled examples per class (to --balance-to), at most --max-copies each.", rich_help_panel="Noisy Student"),
@@ -494,7 +495,7 @@ def train(
                      mixup=mixup, ema=ema, policy=policy, route=meta_route, schedule=schedule, ramp=unsup_ramp)
     if balance and balance_to not in ("prior", "uniform"):
         raise CleanpipeError(f"--balance-to must be prior or uniform, got {balance_to!r}")
-    ns = NoisyStudentOptions(iterations=iterations, threshold=threshold, soft=soft,
+    ns = NoisyStudentOptions(iterations=iterations, student_model=student_model, threshold=threshold, soft=soft,
                              temperature=1.0 if temperature is None else temperature,
                              balance=balance_to if balance else "none", max_copies=max_copies, unl_weight=unlabeled_weight,
                              dropout=dropout, stochastic_depth=stochastic_depth, ema=ema,

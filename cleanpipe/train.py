@@ -606,11 +606,19 @@ def student_model_for(teacher: str, student: str = "auto") -> str:
     return {"small_cnn": "small_cnn_wide"}.get(teacher, teacher)
 
 
+def _model_names() -> list[str]:
+    from cleanpipe.models import MODELS
+
+    return list(MODELS)
+
+
 def _check_ns_options(opts: NoisyStudentOptions) -> None:
     from cleanpipe.robust.noisystudent import BALANCES
 
     problems = [
         (opts.iterations < 1, f"--iterations must be at least 1, got {opts.iterations}"),
+        (opts.student_model != "auto" and opts.student_model not in _model_names(),
+         f"unknown --student-model {opts.student_model!r}; choose auto or one of {', '.join(_model_names())}"),
         (not 0.0 <= opts.threshold < 1.0, f"--threshold must lie in [0, 1), got {opts.threshold}"),
         (not opts.temperature > 0, f"--temperature must be positive, got {opts.temperature}"),
         (opts.balance not in BALANCES, f"--balance must be one of {', '.join(BALANCES)}, got {opts.balance!r}"),

@@ -190,7 +190,7 @@ def test_clear_errors_and_no_partial_outputs(tmp_path, cli):
                          (("--write-labels", tmp_path / "x.txt"), ".npy, .csv or .json"),
                          (("--write-labels", tmp_path / "nowhere" / "x.csv"), "folder does not exist"),
                          (("--unlabeled", tmp_path / "missing.npz"), "no such file"),
-                         (("--iterations", 0), "--iterations"), (("--balance", "--balance-to", "most"), "--balance-to")]:
+                         (("--iterations", 0), "--iterations"), (("--student-model", "huge"), "--student-model"), (("--balance", "--balance-to", "most"), "--balance-to")]:
         code, _, err = cli("train", run, "--method", "noisy-student", "--epochs", 1, "--device", "cpu", *args)
         assert code == 2 and needle in err and "Traceback" not in err, (args, err)
         assert not (run / "train").exists()
