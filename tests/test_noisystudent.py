@@ -139,7 +139,7 @@ def test_train_stage_relabels_the_flagged_examples(tmp_path, cli):
 
     run = _digits_prune_run(tmp_path, cli)
     fixed = tmp_path / "fixed.csv"
-    code, out, err = cli("train", run, "--method", "noisy-student", "--epochs", 4, "--iterations", 2, "--device", "cpu",
+    code, out, err = cli("train", run, "--method", "noisy-student", "--epochs", 10, "--iterations", 2, "--device", "cpu",
                          "--write-labels", fixed)
     assert code == 0, err
     assert "relabel.csv" in out and "student 2" in out
@@ -160,7 +160,7 @@ def test_train_stage_relabels_the_flagged_examples(tmp_path, cli):
     # Most flagged examples were flagged because their label was wrong: the relabels fix most of them.
     assert m["relabel_accuracy"] > 0.8 and m["label_accuracy_corrected"] > m["label_accuracy_given"]
     history = pd.read_csv(run / "train" / "history.csv")
-    assert history.iteration.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and "pseudo_share" in history
+    assert history.iteration.tolist() == [0] * 10 + [1] * 10 + [2] * 10 and "pseudo_share" in history
     with np.load(run / "train" / "relabel_probs.npz") as z:  # no pickles
         assert z["student"].shape == (len(rel), 10) and np.allclose(z["teacher"].sum(1), 1, atol=1e-5)
     # The corrected labels read back as a --labels file: relabels applied, everything else as given.
