@@ -177,12 +177,15 @@ class NoisyStudentLoss(Method):
         self._weights = torch.as_tensor(np.where(self.pseudo, self.unl_weight, 1.0).astype(np.float32), device=dev)
         self._is_pseudo = torch.as_tensor(self.pseudo, device=dev)
         if self.noise:
-            self._view = StrongView(data, "randaugment" if self.policy == "table" else self.policy, flip=bool(augment and augment.flip), cutout=self.cutout,
+            # Tables ignore the policy: their strong view is noise on the features.
+            self._view = StrongView(data, self.policy, flip=bool(augment and augment.flip), cutout=self.cutout,
                                     magnitude=self.magnitude)
-        self._sums = torch.zeros(3, device=dev)
+        self._sums = torch.zeros(2, device=dev)
+        self._seen = 0
 
     def start_epoch(self, epoch: int, n_epochs: int) -> None:
         self._sums.zero_()
+        self._seen = 0
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._view(step.x_raw, step.x, step.generator) if self._view is not None else step.x
@@ -193,9 +196,10 @@ class NoisyStudentLoss(Method):
         pseudo = self._is_pseudo[step.idx].float()
         with torch.no_grad():  # the pseudo-labeled rows' share of the batch and their agreement with the target
             agree = (logits.argmax(1) == target.argmax(1)).float()
-            self._sums += torch.stack([pseudo.sum(), (pseudo * agree).sum(), torch.tensor(float(len(w)), device=w.device)])
+            self._sums += torch.stack([pseudo.sum(), (pseudo * agree).sum()])
+        self._seen += len(w)  # the batch size is known on the host: no tensor made per step
         return (w * per_row).mean(), logits
 
     def epoch_metrics(self) -> dict:
-        n_pseudo, agree, seen = self._sums.tolist()
-        return {"pseudo_share": n_pseudo / max(1.0, seen), "pseudo_agreement": agree / max(1.0, n_pseudo)}
+        n_pseudo, agree = self._sums.tolist()
+        return {"pseudo_share": n_pseudo / max(1, self._seen), "pseudo_agreement": agree / max(1.0, n_pseudo)}
