@@ -40,6 +40,9 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            for name in ("seed", "split_seed"):  # numpy's generators take no negative seeds
+                if isinstance(kwargs.get(name), int) and kwargs[name] < 0:
+                    raise CleanpipeError(f"--{name.replace('_', '-')} must be 0 or more, got {kwargs[name]}")
             return fn(*args, **kwargs)
         except CleanpipeError as e:
             err_console.print(f"[bold red]error:[/] {e}")

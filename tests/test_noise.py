@@ -168,6 +168,7 @@ BAD = {
     "corrupt labels file": ["--labels", "CORRUPT", "--kind", "symmetric", "--rate", "0.2"],
     "missing labels file": ["--labels", "/nonexistent/labels.npy", "--kind", "symmetric", "--rate", "0.2"],
     "random rate too high": ["--labels", "LABELS", "--kind", "random", "--rate", "0.99"],
+    "negative seed": ["--dataset", "digits", "--kind", "symmetric", "--rate", "0.2", "--seed", "-1"],
 }
 
 

@@ -18,6 +18,7 @@ class ModelInfo:
     build: Callable[[tuple[int, ...], int], object]
     inputs: str  # "image", "table" or "any"
     summary: str
+    min_side: int = 1  # smallest image side the network's pooling leaves room for
 
 
 def _small_cnn(shape, k):
@@ -96,7 +97,8 @@ def _logreg(shape, k):
 MODELS: dict[str, ModelInfo] = {
     "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images"),
     "small_cnn_wide": ModelInfo(_small_cnn_wide, "image", "small_cnn at twice the width: Noisy Student's larger student"),
-    "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images"),
+    "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images",
+                      min_side=12),  # two 2x pools, then a 3x3 conv without padding
     "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
     "resnet32": ModelInfo(_resnet32, "image", "the CIFAR ResNet-32 of INCV (3 x 5 basic blocks, 16/32/64 channels)"),
     "wrn28_10": ModelInfo(_wrn28_10, "image", "WRN-28-10 as in IEG (36M parameters; parameter-free shortcuts), for 32x32 images"),
@@ -129,6 +131,12 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
         raise CleanpipeError(
             f"model {name!r} takes {info.inputs} data but this dataset is "
             f"{'images' if is_image else 'a table'}; choose auto or a model for {'images' if is_image else 'tables'}"
+        )
+    if is_image and min(input_shape[1:]) < info.min_side:
+        fits = [n for n, m in MODELS.items() if m.inputs != "table" and m.min_side <= min(input_shape[1:])]
+        raise CleanpipeError(
+            f"model {name!r} needs images of at least {info.min_side}x{info.min_side} but this dataset's are "
+            f"{input_shape[1]}x{input_shape[2]}; choose auto or one of {', '.join(fits)}"
         )
     return info.build(tuple(input_shape), n_classes)
 
