@@ -207,7 +207,7 @@ def crossval(
     run_dir: Path = RunArg,
     model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
     folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold (default per dataset: digits 20, 28x28 grey 3, colour 30, tables 40)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold (default per dataset: digits 20, 28x28 grey 10, colour 30, tables 40)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per dataset)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),

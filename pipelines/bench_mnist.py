@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,7 @@ def main() -> None:
                 print(f"{cond:>16}  {name:<34} {m['test_accuracy']:.4f}", file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60
     title = "digits (1,437 train / 360 test)" if args.quick else "MNIST-10k (8,000 train / 2,000 test)"
-    command = " ".join(["python", "pipelines/bench_mnist.py", *sys.argv[1:]])
+    command = shlex.join(["python", "pipelines/bench_mnist.py", *sys.argv[1:]])
     print(f"`{command}`: {title}, test accuracy in %, seed {args.seed}; {minutes:.1f} min on this machine\n")
     heads = [c.replace(":", " ").replace("random 0.4 0.2", "random 0.4 (sparsity 0.2)") for c in args.conditions]
     print("| method | " + " | ".join(heads) + " |")

@@ -153,6 +153,16 @@ def test_mnist_clean_four_fold(tmp_path, cli, mnist_dir):
     assert m["oof_accuracy"] >= 0.98
 
 
+def test_mnist_defaults_find_the_signal_at_high_noise(tmp_path, cli, mnist_dir):
+    # At 80% symmetric noise the true class is still each digit's plurality (20% against 8.9%); crossval's
+    # default recipe must train long enough to find it (3 epochs: 0.48 against the truth; 10: 0.81).
+    run = tmp_path / "m"
+    assert cli("noise", run, "--dataset", "mnist", "--data", mnist_dir, "--kind", "symmetric", "--rate", 0.8)[0] == 0
+    code, out, err = cli("crossval", run)
+    assert code == 0, err
+    assert json.loads((run / "crossval" / "manifest.json").read_text())["metrics"]["oof_accuracy_true"] >= 0.75
+
+
 @pytest.mark.parametrize("model", ["mlp", "logreg"])
 def test_table_data(tmp_path, cli, model):
     from sklearn.datasets import load_wine
