@@ -40,9 +40,9 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            for name in ("seed", "split_seed"):  # numpy's generators take no negative seeds
-                if isinstance(kwargs.get(name), int) and kwargs[name] < 0:
-                    raise CleanpipeError(f"--{name.replace('_', '-')} must be 0 or more, got {kwargs[name]}")
+            for name in ("seed", "split_seed"):  # numpy's and scikit-learn's seeds are 32-bit unsigned
+                if isinstance(kwargs.get(name), int) and not 0 <= kwargs[name] < 2**32:
+                    raise CleanpipeError(f"--{name.replace('_', '-')} must be between 0 and 2**32 - 1, got {kwargs[name]}")
             return fn(*args, **kwargs)
         except CleanpipeError as e:
             err_console.print(f"[bold red]error:[/] {e}")

@@ -97,9 +97,9 @@ def default_settings(input_shape: tuple[int, ...], source: str, model: str = "au
         base = CrossvalSettings(name, epochs=40, batch_size=128, optimizer="adamw")
     elif min(input_shape[1:]) <= 16:  # digits
         base = CrossvalSettings(name, epochs=20, batch_size=64)
-    elif input_shape[0] == 1:  # MNIST-like. 3 epochs reach 0.98 on clean labels but too little signal
+    elif input_shape[0] == 1:  # MNIST-like. 3 epochs reach 0.98 on clean labels but learn too little
         # at high noise (MNIST-10k, 80% symmetric: OOF accuracy vs the truth 0.48 after 3, 0.81 after 10,
-        # 0.83 after 20 for twice the time): README's table from pipelines/bench_crossval_epochs.py.
+        # 0.83 after 20 for 1.8x the time): README's table from pipelines/bench_crossval_epochs.py.
         base = CrossvalSettings(name, epochs=10, batch_size=64, lr=0.05)
     else:  # colour images: natural scenes, flips suit them. Batch 512: on an H100 a ResNet-18
         # step takes the same host-bound ~11 ms at 256 and 512 (measured), so 512 doubles throughput.

@@ -10,12 +10,12 @@ included) against ``cross_val_predict`` alone; "in folds" is training and predic
     ``NeuralNetClassifier`` with every skorch default (SGD lr 0.01, 10 epochs, batch 128,
     20% internal validation split), through
     ``sklearn.model_selection.cross_val_predict(cv=K, method="predict_proba")``.
-(b) cleanpipe: ``cleanpipe noise`` then ``cleanpipe crossval`` with its defaults, timed as
-    the crossval command.
+(b) cleanpipe: ``cleanpipe noise`` then ``cleanpipe crossval`` with its defaults (``--epochs`` to
+    change its epochs per fold), timed as the crossval command.
 
 Run (needs the bench extra: pip install -c constraints-cpu.txt -e ".[bench]"):
 
-    python pipelines/bench_crossval.py [--data ../shared/data/mnist-test] [--folds 4] [--seed 0] [--device cpu|cuda]
+    python pipelines/bench_crossval.py [--data ../shared/data/mnist-test] [--folds 4] [--seed 0] [--device cpu|cuda] [--epochs E]
 """
 
 from __future__ import annotations
@@ -71,13 +71,15 @@ def skorch_route(X: np.ndarray, noisy: np.ndarray, folds: int, seed: int, device
     return probs.astype(np.float32), time.perf_counter() - t0
 
 
-def cleanpipe_route(data: Path, folds: int, seed: int, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict]:
+def cleanpipe_route(data: Path, folds: int, seed: int, device: str,
+                    epochs: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict]:
     run = Path(tempfile.mkdtemp(prefix="bench_crossval_")) / "run"
     exe = [sys.executable, "-m", "cleanpipe"]
     subprocess.run(exe + ["noise", str(run), "--dataset", "mnist", "--data", str(data),
                           "--kind", "symmetric", "--rate", "0.4", "--seed", str(seed)], check=True, capture_output=True)
     t0 = time.perf_counter()
-    subprocess.run(exe + ["crossval", str(run), "--folds", str(folds), "--seed", str(seed), "--device", device],
+    subprocess.run(exe + ["crossval", str(run), "--folds", str(folds), "--seed", str(seed), "--device", device]
+                   + (["--epochs", str(epochs)] if epochs else []),
                    check=True, capture_output=True)
     seconds = time.perf_counter() - t0
     manifest = json.loads((run / "crossval" / "manifest.json").read_text())
@@ -92,6 +94,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both routes")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both routes train")
+    ap.add_argument("--epochs", type=int, default=None, help="cleanpipe's epochs per fold (default: crossval's)")
     args = ap.parse_args()
     import torch
 
@@ -101,14 +104,15 @@ def main() -> None:
     from cleanpipe.data import DataSpec, load_dataset
 
     ds = load_dataset(DataSpec("mnist", str(args.data.resolve())))
-    pp_ours, noisy, run, t_ours, manifest = cleanpipe_route(args.data.resolve(), args.folds, args.seed, args.device)
+    pp_ours, noisy, run, t_ours, manifest = cleanpipe_route(args.data.resolve(), args.folds, args.seed, args.device,
+                                                            args.epochs)
     true = ds.y_train
     pp_skorch, t_skorch = skorch_route(ds.X_train, noisy, args.folds, args.seed, args.device)
 
     rows = []
     in_folds = manifest["metrics"]["fold_seconds_total"]
     for name, pp, t, tf in (("skorch + cross_val_predict (tutorial CNN, skorch defaults)", pp_skorch, t_skorch, t_skorch),
-                            (f"cleanpipe crossval (defaults: {manifest['parameters']['model']}, "
+                            (f"cleanpipe crossval ({'defaults: ' if args.epochs is None else ''}{manifest['parameters']['model']}, "
                              f"{manifest['parameters']['epochs']} epochs)", pp_ours, t_ours, in_folds)):
         p, r, f1 = f1_of_default_filter(noisy, true, pp)
         rows.append((name, t, tf, float(np.mean(pp.argmax(1) == true)), p, r, f1))

@@ -8,8 +8,9 @@ For each condition: synthetic noise, crossval, prune (confident learning's defau
 noised students on kept + pseudo-labeled flagged examples. Prints the test accuracy of every network,
 the decisions on the flagged examples and the share of relabels that are right (true labels known).
 With several ``--seeds`` (each a whole run: other noise, folds and networks) the table shows the means
-and a second table every seed's accuracies, teacher -> student 1 -> ...; the last line counts the
-iterations whose student reached its teacher.
+over the seeds (of counts, and of each seed's rates) and a second table every seed's accuracies,
+teacher -> student 1 -> ...; a line between the two counts the iterations whose student reached its
+teacher.
 ``--quick`` runs on digits instead of MNIST. Options after ``--`` go to ``cleanpipe train``.
 """
 
@@ -39,6 +40,9 @@ def main() -> None:
                     help="one whole run (noise, crossval, prune, train) per seed; the table shows their mean")
     ap.add_argument("--quick", action="store_true", help="digits instead of MNIST-10k")
     args = ap.parse_args(argv)
+    for name in ("seeds", "conditions"):  # each pair is one run folder and one column/row of the tables
+        if len(set(getattr(args, name))) < len(getattr(args, name)):
+            ap.error(f"--{name} lists a value twice")
     exe = [sys.executable, "-m", "cleanpipe"]
     data = ["--dataset", "digits"] if args.quick else ["--dataset", "mnist", "--data", str(args.data.resolve())]
 
@@ -74,14 +78,14 @@ def main() -> None:
     print("| --- |" + " --- |" * len(heads))
 
     def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
+        """Mean over the seeds; None when a seed lacks the value (e.g. no confirms to rate)."""
+        return None if any(v is None for v in values) else sum(values) / len(values)
 
     def pct(v):
-        return "" if v is None else f"{100 * v:.2f}"
+        return "n/a" if v is None else f"{100 * v:.2f}"
 
     def count(v):
-        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+        return f"{v:,.0f}" if len(args.seeds) == 1 else f"{v:,.1f}"
 
     n_rounds = max(len(m["iterations"]) for ms in results.values() for m in ms)
     for i in range(n_rounds):
@@ -102,11 +106,12 @@ def main() -> None:
 
     row("flagged: relabel / confirm / unresolved",
         lambda ms: " / ".join(count(mean([m[k] for m in ms])) for k in ("n_relabel", "n_confirm", "n_unresolved")))
-    row("relabels right %", lambda ms: pct(mean([m.get("relabel_accuracy") for m in ms])))
-    row("confirms right %", lambda ms: pct(mean([m.get("confirm_accuracy") for m in ms])))
+    rates = " (mean of the seeds' rates)" if len(args.seeds) > 1 else ""
+    row(f"relabels right %{rates}", lambda ms: pct(mean([m.get("relabel_accuracy") for m in ms])))
+    row(f"confirms right %{rates}", lambda ms: pct(mean([m.get("confirm_accuracy") for m in ms])))
     row("training labels right %, given -> corrected",
-        lambda ms: f"{pct(mean([m['label_accuracy_given'] for m in ms]))} -> "
-                   f"{pct(mean([m['label_accuracy_corrected'] for m in ms]))}")
+        lambda ms: f"{pct(mean([m.get('label_accuracy_given') for m in ms]))} -> "
+                   f"{pct(mean([m.get('label_accuracy_corrected') for m in ms]))}")
     # Whether each student reached its own teacher, network by network.
     pairs = [(m["iterations"][i - 1]["test_accuracy"], m["iterations"][i]["test_accuracy"])
              for ms in results.values() for m in ms for i in range(1, len(m["iterations"]))]

@@ -130,8 +130,9 @@ def test_fold_jobs_then_combine(tmp_path, cli):
         (("--model", "resnet9000"), "unknown model"),
         (("--model", "mlp"), "takes table data"),
         (("--model", "cnn9"), "needs images of at least 12x12"),  # digits are 8x8
-        (("--seed", -1), "--seed must be 0 or more"),
-        (("--split-seed", -1), "--split-seed must be 0 or more"),
+        (("--seed", -1), "--seed must be between 0 and 2**32 - 1"),
+        (("--seed", 2**32), "--seed must be between 0 and 2**32 - 1"),
+        (("--split-seed", -1), "--split-seed must be between 0 and 2**32 - 1"),
         (("--folds", 1), "at least 2"),
         (("--folds", 200), "larger than the smallest class"),
         (("--fold", 4), "out of range"),

@@ -133,10 +133,9 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
             f"{'images' if is_image else 'a table'}; choose auto or a model for {'images' if is_image else 'tables'}"
         )
     if is_image and min(input_shape[1:]) < info.min_side:
-        fits = [n for n, m in MODELS.items() if m.inputs != "table" and m.min_side <= min(input_shape[1:])]
         raise CleanpipeError(
             f"model {name!r} needs images of at least {info.min_side}x{info.min_side} but this dataset's are "
-            f"{input_shape[1]}x{input_shape[2]}; choose auto or one of {', '.join(fits)}"
+            f"{input_shape[1]}x{input_shape[2]}; choose auto (here {auto_model(tuple(input_shape))})"
         )
     return info.build(tuple(input_shape), n_classes)
 
