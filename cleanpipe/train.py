@@ -416,8 +416,7 @@ class _Trainer:
             iteration: int | None = None, keep_done: bool = False):
         import torch
 
-        from cleanpipe.engine import fit, predict_proba
-        from cleanpipe.engine.loop import _prepare
+        from cleanpipe.engine import fit, place_nets, predict_proba
 
         cfg, data, ds = self.cfg, self.data, self.ds
         self.steps += self.epochs * max(1, len(rows) // min(cfg.batch_size, len(rows)))
@@ -430,8 +429,8 @@ class _Trainer:
                 saved = torch.load(done, map_location="cpu", weights_only=True)
                 for net, sd in zip(nets, saved["nets"]):
                     net.load_state_dict(sd)
-                # The memory layout fit gives its networks: a resumed run predicts bit for bit as an uninterrupted one.
-                return [net.eval() for net in _prepare(nets, data.device, cfg, data.is_image)], saved["history"]
+                # fit's device and memory layout: a resumed run predicts bit for bit as an uninterrupted one.
+                return [net.eval() for net in place_nets(nets, data.device, cfg, data.is_image)], saved["history"]
             except Exception:  # noqa: BLE001 - a torn file: train this network again
                 done.unlink(missing_ok=True)
         epoch_started = [time.perf_counter()]
@@ -482,8 +481,8 @@ def _noisy_student(trainer: _Trainer, ns: NoisyStudentOptions, settings, ds, lab
 
     from cleanpipe.engine import predict_proba
     from cleanpipe.models import add_model_noise, build_model
-    from cleanpipe.robust.noisystudent import (NoisyStudentLoss, balance_copies, balance_targets, decide,
-                                               targets)
+    from cleanpipe.robust.noisystudent import (DECISIONS, NoisyStudentLoss, balance_copies, balance_targets,
+                                               decide, targets)
 
     K, N_all = ds.n_classes, len(y_all)
     cfg = trainer.cfg
@@ -518,7 +517,7 @@ def _noisy_student(trainer: _Trainer, ns: NoisyStudentOptions, settings, ds, lab
         probs = predict_proba(teacher, trainer.data, U, cfg)  # eval mode, EMA weights, no augmentation
         if first_probs is None:
             first_probs = probs
-        pseudo_label, conf, decision = decide(given_U, probs, ns.threshold)
+        pseudo_label, conf, _ = decide(given_U, probs, ns.threshold)
         usable = conf >= ns.threshold
         per_class = balance_targets(ns.balance, int(usable.sum()), labeled_counts)
         if per_class is None:
@@ -559,7 +558,7 @@ def _noisy_student(trainer: _Trainer, ns: NoisyStudentOptions, settings, ds, lab
     if truth is not None:
         rel["true_label"] = truth[flagged]
         rel["is_true_error"] = truth[flagged] != labels[flagged]
-    order = {d: i for i, d in enumerate(("relabel", "confirm", "unresolved"))}
+    order = {d: i for i, d in enumerate(DECISIONS)}
     rel = rel.assign(_o=rel["decision"].map(order)).sort_values(["_o", "confidence", "index"], ascending=[True, False, True],
                                                                  kind="stable").drop(columns="_o")
     unl = None
@@ -570,7 +569,7 @@ def _noisy_student(trainer: _Trainer, ns: NoisyStudentOptions, settings, ds, lab
     is_relabel = decision[:nf] == "relabel"
     corrected[flagged[is_relabel]] = pseudo_label[:nf][is_relabel]
 
-    counts = {d: int(np.sum(decision[:nf] == d)) for d in ("relabel", "confirm", "unresolved")}
+    counts = {d: int(np.sum(decision[:nf] == d)) for d in DECISIONS}
     metrics = {"teacher_test_accuracy": rounds[0]["test_accuracy"], "iterations": rounds, "n_flagged": int(nf),
                **{f"n_{d}": c for d, c in counts.items()}, "model_noise": model_noise}
     if truth is not None and nf:

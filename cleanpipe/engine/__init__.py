@@ -1,10 +1,10 @@
 """The one training engine: device-resident data, batched augmentation, one loop for every method."""
 
 from cleanpipe.engine.data import Augment, DeviceData, StrongView
-from cleanpipe.engine.loop import TrainConfig, device_name, fit, predict_proba, resolve_device
+from cleanpipe.engine.loop import TrainConfig, device_name, fit, place_nets, predict_proba, resolve_device
 from cleanpipe.engine.method import Method, Standard, Step
 
 __all__ = [
     "Augment", "DeviceData", "StrongView", "Method", "Standard", "Step", "TrainConfig",
-    "device_name", "fit", "predict_proba", "resolve_device",
+    "device_name", "fit", "place_nets", "predict_proba", "resolve_device",
 ]

@@ -140,7 +140,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**62)
 
 
-def _prepare(nets: Sequence[nn.Module], device: torch.device, cfg: TrainConfig, image: bool) -> list[nn.Module]:
+def place_nets(nets: Sequence[nn.Module], device: torch.device, cfg: TrainConfig, image: bool) -> list[nn.Module]:
+    """The networks on ``device`` in the memory layout ``fit`` trains them in (channels_last for images when set).
+
+    A network loaded from a saved state goes through this too, so that it predicts bit for bit as it did.
+    """
     out = []
     for net in nets:
         net = net.to(device)
@@ -196,7 +200,7 @@ def fit(
     nets = [nets] if isinstance(nets, nn.Module) else list(nets)
     method = method or Standard(label_smoothing=cfg.label_smoothing)
     device = data.device
-    nets = _prepare(nets, device, cfg, data.is_image)
+    nets = place_nets(nets, device, cfg, data.is_image)
     forwards = [torch.compile(n) if cfg.compile else n for n in nets]
     opt = _optimizer(nets, cfg)
     augment = Augment(pad=max(1, round(min(data.X.shape[2:]) / 14)), flip=cfg.flip, policy=cfg.policy) if (

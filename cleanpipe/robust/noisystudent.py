@@ -161,6 +161,8 @@ class NoisyStudentLoss(Method):
         The strong view's kind (``table``: noise on features; images get the policy).
     cutout : float
         Side of the student's Cutout square as a share of the image side.
+    magnitude : float
+        RandAugment's magnitude (kornia's 0-30 scale).
     """
 
     def __init__(self, target_table: np.ndarray, pseudo: np.ndarray, *, unl_weight: float = 1.0,
