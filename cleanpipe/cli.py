@@ -7,6 +7,9 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import inspect
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,6 +19,7 @@ from rich.table import Table
 
 from cleanpipe import __version__
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError, check_number
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -34,16 +38,33 @@ app = typer.Typer(
 )
 
 
+def _flags(fn: Callable) -> dict[str, str]:
+    """Each parameter of a command and its first flag (``n_folds`` -> ``--folds``)."""
+    out = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        decls = [d for d in (getattr(param.default, "param_decls", None) or ()) if d.startswith("--")]
+        if decls:
+            out[name] = decls[0].split("/")[0]
+    return out
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn user-caused errors into one clear line and exit code 2 (no traceback)."""
+    """Turn user-caused errors into one clear line and exit code 2 (no traceback).
+
+    A :class:`~cleanpipe.validation.ParameterError` names a Python parameter; the line names the flag
+    it came from instead.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             for name in ("seed", "split_seed"):  # numpy's and scikit-learn's seeds are 32-bit unsigned
-                if isinstance(kwargs.get(name), int) and not 0 <= kwargs[name] < 2**32:
-                    raise CleanpipeError(f"--{name.replace('_', '-')} must be between 0 and 2**32 - 1, got {kwargs[name]}")
+                if isinstance(kwargs.get(name), int):
+                    check_number(kwargs[name], name, low=0, high=2**32 - 1)
             return fn(*args, **kwargs)
+        except ParameterError as e:
+            err_console.print(f"[bold red]error:[/] {e.render(_flags(wrapper).get(e.parameter, e.parameter))}")
+            raise typer.Exit(2) from None
         except CleanpipeError as e:
             err_console.print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
@@ -206,7 +227,7 @@ def print_noise_summary(run_dir: Path, stage) -> None:
 def crossval(
     run_dir: Path = RunArg,
     model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
-    folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
+    n_folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold (default per dataset: digits 20, 28x28 grey 10, colour 30, tables 40)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per dataset)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW)."),
@@ -245,7 +266,7 @@ def crossval(
     _set_threads(threads)
     with RichProgress(console) as progress:
         stage = run_crossval_stage(
-            Run(run_dir), spec=spec, model=model, n_folds=folds, epochs=epochs, batch_size=batch_size, lr=lr,
+            Run(run_dir), spec=spec, model=model, n_folds=n_folds, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, fold=fold, combine=combine, compile=compile_, progress=progress,
         )
     print_crossval_summary(run_dir, stage)
@@ -429,51 +450,87 @@ def print_theory_summary(run_dir: Path, stage) -> None:
     )
 
 
+def _method_options() -> dict[str, inspect.Parameter]:
+    """The ``cleanpipe train`` options of every registered method, from the fields of its options dataclass.
+
+    A flag several methods share (``--temperature``, ``--ema``, ``--policy``) is one option; where their
+    defaults differ it defaults to None and each method keeps its own.
+    """
+    from cleanpipe.robust import METHODS
+
+    found: dict[str, list] = {}
+    for spec in METHODS.values():
+        hints = typing.get_type_hints(spec.Options)
+        for f in fields(spec.Options):
+            if "cli" in f.metadata:
+                found.setdefault(f.name, []).append((spec, f, hints[f.name]))
+    params = {}
+    for name, owners in found.items():
+        spec, f, hint = owners[0]
+        meta = dict(f.metadata["cli"])
+        flag, help_text = meta.pop("flag") or "--" + name.replace("_", "-"), meta.pop("help")
+        hint = Optional[meta.pop("type")] if "type" in meta else hint
+        defaults = {repr(o[1].default) for o in owners}
+        default = f.default if len(defaults) == 1 and f.default is not MISSING else None
+        if len(defaults) > 1:  # each method's own text and default
+            help_text = " ".join(f"{o[1].metadata['cli']['help'].rstrip('.')} (default {o[1].default:g})."
+                                 if isinstance(o[1].default, float) else o[1].metadata["cli"]["help"] for o in owners)
+        elif len({o[1].metadata["cli"]["help"] for o in owners}) > 1:
+            help_text = " ".join(o[1].metadata["cli"]["help"] for o in owners)
+        if default is None and hint in (int, float, str, bool):
+            hint = Optional[hint]
+        option = typer.Option(default, flag, help=help_text, rich_help_panel=spec.title, **meta)
+        params[name] = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint)
+    return params
+
+
+METHOD_OPTIONS = _method_options()
+
+
+def _options_for(method: str, given: dict):
+    """The method's options dataclass from the command line's values (None: the method's own default)."""
+    from cleanpipe.robust import get_method
+
+    spec = get_method(method)
+    own = {f.name for f in fields(spec.Options)}
+    unused = [METHOD_OPTIONS[k].default.param_decls[0].split("/")[0] for k, v in given.items()
+              if k not in own and v is not None and v != METHOD_OPTIONS[k].default.default]
+    if unused:
+        console.print(f"[dim]note: --method {method} does not use {', '.join(unused)}[/]")
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if k in own and v is not None}
+    return spec.Options(**values)
+
+
+def _methods_help() -> str:
+    from cleanpipe.robust import METHODS
+
+    return " | ".join(METHODS)
+
+
 @app.command()
 @user_errors
 def train(
     run_dir: Path = RunArg,
-    method: str = typer.Option("standard", "--method", help="standard | coteaching | coteaching-plus | incv-coteaching | l2r | ieg | noisy-student"),
+    method: str = typer.Option("standard", "--method", help=_methods_help()),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per data kind: digits 64, 28x28 grey 256, colour 512)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default per data kind)."),
-    forget_rate: Optional[float] = typer.Option(None, "--forget-rate", help="Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
-    selection: str = typer.Option("class", "--selection", help="Co-teaching's small-loss picks: class (spread over the given labels' classes) | batch (the papers' rule)."),
-    probe_per_class: int = typer.Option(10, "--probe-per-class", help="IEG/L2R: trusted examples per class, held out of training.", rich_help_panel="IEG / L2R"),
-    probe_labels: Optional[Path] = typer.Option(None, "--probe-labels", help="IEG/L2R: hand-checked labels (CSV id,label or JSON {id: label}); default the true labels of a benchmark run.", rich_help_panel="IEG / L2R"),
-    ce_factor: float = typer.Option(5.0, "--ce-factor", help="IEG: weight of the MixUp loss on the training rows (p).", rich_help_panel="IEG / L2R"),
-    consistency_factor: Optional[float] = typer.Option(None, "--consistency-factor", help="IEG: weight of the weak/strong KL (k; default 20 on colour images as in the paper, 2 on grey ones).", rich_help_panel="IEG / L2R"),
-    unsup_ramp: Optional[float] = typer.Option(None, "--unsup-ramp", help="IEG: share of the run over which the MixUp and KL terms rise from 0 (default 0 on colour images, 0.5 on grey ones).", rich_help_panel="IEG / L2R"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="IEG: sharpening of the pseudo labels (default 0.5); noisy-student: temperature of the soft pseudo labels (default 1).", rich_help_panel="IEG / L2R"),
-    views: int = typer.Option(2, "--views", help="IEG: augmentations averaged for a pseudo label (weak + strong ones).", rich_help_panel="IEG / L2R"),
-    mixup: bool = typer.Option(True, "--mixup/--no-mixup", help="IEG: MixUp of probe and training rows.", rich_help_panel="IEG / L2R"),
-    ema: float = typer.Option(0.999, "--ema", help="IEG/L2R/noisy-student: decay of the weight average that is evaluated (and labels, 0: off).", rich_help_panel="IEG / L2R"),
-    policy: str = typer.Option("auto", "--policy", help="The strong augmentation: auto (IEG: AutoAugment on colour, RandAugment on grey; noisy-student: RandAugment on colour, none on grey) | autoaugment | randaugment | none (noisy-student).", rich_help_panel="IEG / L2R"),
-    iterations: int = typer.Option(2, "--iterations", help="Noisy Student: students trained, each the next one's teacher.", rich_help_panel="Noisy Student"),
-    student_model: str = typer.Option("auto", "--student-model", help="Noisy Student: the students' network (auto: the teacher's --model, widened where a wider one exists: small_cnn -> small_cnn_wide).", rich_help_panel="Noisy Student"),
-    threshold: float = typer.Option(0.3, "--threshold", help="Noisy Student: confidence below which a flagged example is unresolved (left out of that student).", rich_help_panel="Noisy Student"),
-    soft: bool = typer.Option(True, "--soft/--hard", help="Noisy Student: the teacher's distribution as target, or its argmax (smoothed by 0.1).", rich_help_panel="Noisy Student"),
-    balance: bool = typer.Option(False, "--balance/--no-balance", help="Noisy Student: resample the pseudo-labeled examples per class (to --balance-to), at most --max-copies each.", rich_help_panel="Noisy Student"),
-    balance_to: str = typer.Option("prior", "--balance-to", help="Noisy Student with --balance: prior (the kept examples' class mix) | uniform (the paper's equal counts).", rich_help_panel="Noisy Student"),
-    max_copies: int = typer.Option(3, "--max-copies", help="Noisy Student with --balance: copies of one pseudo-labeled example at most.", rich_help_panel="Noisy Student"),
-    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Noisy Student: extra unlabeled data shaped like the run's (.npz with X, a .csv/.parquet table, or a folder of images).", rich_help_panel="Noisy Student"),
-    unlabeled_weight: float = typer.Option(1.0, "--unlabeled-weight", help="Noisy Student: loss weight of a pseudo-labeled example against a labeled one.", rich_help_panel="Noisy Student"),
-    dropout: float = typer.Option(0.2, "--dropout", help="Noisy Student: the student's dropout before its last layer.", rich_help_panel="Noisy Student"),
-    stochastic_depth: float = typer.Option(0.2, "--stochastic-depth", help="Noisy Student: the last residual block's drop rate, linear in depth (residual networks only).", rich_help_panel="Noisy Student"),
-    write_labels: Optional[Path] = typer.Option(None, "--write-labels", help="Noisy Student: write the corrected training labels (.npy, .csv id,label or .json), readable by --labels.", rich_help_panel="Noisy Student"),
-    schedule: str = typer.Option("onecycle", "--schedule", help="IEG/L2R learning rate: onecycle | restarts (the paper's cosine restarts, for long runs).", rich_help_panel="IEG / L2R"),
-    meta_route: str = typer.Option("jvp", "--meta-route", help="IEG/L2R meta-gradient: jvp (one forward-mode pass) | autograd (second-order backward).", rich_help_panel="IEG / L2R"),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
+    **method_options,
 ) -> None:
     """Train a model on the cleaned training data with a noise-robust method; report test accuracy.
 
     Writes RUN/train/model.pt (weights + what rebuilds the model), history.csv (per epoch: loss,
-    train accuracy on the given labels, test accuracy, forget rate) and manifest.json.
+    train accuracy on the given labels, test accuracy, the method's numbers) and manifest.json.
+
+    Methods:
+
+    {methods}
 
     Examples:
 
@@ -489,31 +546,30 @@ def train(
     """
     from cleanpipe.progress import RichProgress
     from cleanpipe.run import Run
-    from cleanpipe.train import IegOptions, NoisyStudentOptions, run_train_stage
+    from cleanpipe.train import run_train_stage
 
     _set_threads(threads)
-    ieg = IegOptions(probe_per_class=probe_per_class, probe_labels=None if probe_labels is None else str(probe_labels),
-                     ce_factor=ce_factor, consistency_factor=consistency_factor,
-                     temperature=0.5 if temperature is None else temperature, views=views,
-                     mixup=mixup, ema=ema, policy=policy, route=meta_route, schedule=schedule, ramp=unsup_ramp)
-    if balance and balance_to not in ("prior", "uniform"):
-        raise CleanpipeError(f"--balance-to must be prior or uniform, got {balance_to!r}")
-    ns = NoisyStudentOptions(iterations=iterations, student_model=student_model, threshold=threshold, soft=soft,
-                             temperature=1.0 if temperature is None else temperature,
-                             balance=balance_to if balance else "none", max_copies=max_copies, unl_weight=unlabeled_weight,
-                             dropout=dropout, stochastic_depth=stochastic_depth, ema=ema,
-                             policy=policy,
-                             unlabeled=None if unlabeled is None else str(unlabeled),
-                             write_labels=None if write_labels is None else str(write_labels))
+    options = _options_for(method, method_options)
     with RichProgress(console) as progress:
-        stage = run_train_stage(Run(run_dir), method=method, subset=subset, model=model, epochs=epochs,
-                                batch_size=batch_size, lr=lr, seed=seed,
-                                device=device, forget_rate=forget_rate, clean_labels=clean_labels, selection=selection,
-                                ieg=ieg, noisy_student=ns, progress=progress)
-    print_train_summary(run_dir, stage, write_labels=write_labels if method == "noisy-student" else None)
+        stage = run_train_stage(Run(run_dir), method, options=options, subset=subset, model=model, epochs=epochs,
+                                batch_size=batch_size, lr=lr, seed=seed, device=device, clean_labels=clean_labels,
+                                progress=progress)
+    print_train_summary(run_dir, stage)
 
 
-def print_train_summary(run_dir: Path, stage, write_labels: Optional[Path] = None) -> None:
+def _method_list() -> str:
+    from cleanpipe.robust import METHODS
+
+    return "\n\n    ".join(f"  [bold]{name}[/]: {spec.summary}" for name, spec in METHODS.items())
+
+
+train.__doc__ = train.__doc__.replace("{methods}", _method_list())
+train.__signature__ = inspect.signature(train).replace(parameters=[
+    *[p for p in inspect.signature(train).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD],
+    *METHOD_OPTIONS.values()])
+
+
+def print_train_summary(run_dir: Path, stage) -> None:
     m, p = stage.manifest["metrics"], stage.manifest["parameters"]
     extra = f", forget rate {p['forget_rate']:.3f}" if "forget_rate" in p else ""
     noise = f" (true noise among them {m['train_noise_rate_true']:.1%})" if "train_noise_rate_true" in m else ""
@@ -521,27 +577,18 @@ def print_train_summary(run_dir: Path, stage, write_labels: Optional[Path] = Non
         f"[bold green]train[/] {p['method']} on {m['n_train']:,} examples{noise}, {p['model']}, {p['epochs']} epochs{extra}: "
         f"test accuracy [bold]{m['test_accuracy']:.4f}[/] on {m['n_test']:,} test examples"
     )
-    outputs = ["model.pt", "history.csv"]
     if "iterations" in m:  # Noisy Student: one line per network, then the decisions
         for r in m["iterations"]:
             used = "" if r["role"] == "teacher" else f" + {r['n_pseudo']:,} pseudo-labeled"
             console.print(f"  {r['role']} {r['iteration']}: {r['n_labeled']:,} labeled{used}, test accuracy {r['test_accuracy']:.4f}")
-        acc = ""
-        if m.get("relabel_accuracy") is not None:
-            acc = f"; relabels right {m['relabel_accuracy']:.1%} (true labels)"
+        acc = f"; relabels right {m['relabel_accuracy']:.1%} (true labels)" if m.get("relabel_accuracy") is not None else ""
         console.print(
             f"  flagged {m['n_flagged']:,}: [bold]{m['n_relabel']:,} relabel[/], {m['n_confirm']:,} confirm, "
             f"{m['n_unresolved']:,} unresolved{acc}"
         )
-        outputs += ["relabel.csv", "relabel_probs.npz"]
-        if (run_dir / "train" / "unlabeled_labels.csv").is_file():
-            outputs.append("unlabeled_labels.csv")
-    if (run_dir / "train" / "example_weights.csv").is_file():
-        outputs += ["example_weights.csv", "probe.csv"]
     console.print(
         f"[dim]{m['train_seconds']:.1f}s of training on {stage.manifest['device']}; "
-        f"wrote {run_dir / 'train'}/ {' '.join(outputs)} manifest.json"
-        f"{f'; corrected labels in {write_labels}' if write_labels else ''}[/]"
+        f"wrote {run_dir / 'train'}/ {' '.join(stage.outputs)} manifest.json{'; ' + stage.note if stage.note else ''}[/]"
     )
 
 
@@ -610,7 +657,7 @@ def run_all(
     folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
-    method: str = typer.Option("coteaching", "--method", help="Training method: standard | coteaching | coteaching-plus | incv-coteaching | l2r | ieg | noisy-student (see `cleanpipe train --help`)."),
+    method: str = typer.Option("coteaching", "--method", help=f"Training method: {_methods_help()} (see `cleanpipe train --help`)."),
     prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
@@ -627,73 +674,39 @@ def run_all(
 
       [bold]cleanpipe run runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
     """
-    from cleanpipe.crossval import run_crossval_stage
-    from cleanpipe.noise import run_noise_stage
+    from cleanpipe.pipeline import run_pipeline
     from cleanpipe.progress import RichProgress
-    from cleanpipe.prune import run_prune_stage
+    from cleanpipe.robust import get_method
     from cleanpipe.run import Run
-    from cleanpipe.train import METHODS, run_train_stage
 
-    if method not in METHODS:
-        raise CleanpipeError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
+    get_method(method)  # an unknown method fails before anything runs
     run = Run(run_dir)
-    noise_man = run.manifest("noise")
-    if run.dataset_json() is None and noise_man is not None:
-        raise CleanpipeError(
-            f"{run_dir} noised a bare label file and has no dataset; `cleanpipe run` needs one: use a new run directory"
-        )
     if dataset is None and run.dataset_json() is None:
         dataset = "digits"
     spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
     _set_threads(threads)
-    with run.transaction():
-        if kind == "none":
-            _, ds, is_new = run.bind_dataset(spec)
-            if is_new:
-                run.write_dataset(spec, ds)
-        elif _noise_is_current(run, spec, kind, rate, seed):
-            console.print("[dim]noise: up to date, skipped[/]")
-        else:
-            print_noise_summary(run_dir, run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed))
-        if method == "incv-coteaching":
-            prune_method = "incv"
-        with RichProgress(console) as progress:
-            if prune_method != "incv":
-                print_crossval_summary(run_dir, run_crossval_stage(
-                    run, model=model, n_folds=folds, seed=seed, device=device, progress=progress))
-            pruned = run_prune_stage(run, method=prune_method, incv={"seed": seed, "device": device}, progress=progress)
-        print_prune_summary(run_dir, pruned, top=5)
-        if _train_is_current(run, method, seed):
-            console.print("[dim]train: up to date, skipped[/]")
-            trained = run.manifest("train")
-        else:
-            with RichProgress(console) as progress:
-                stage = run_train_stage(run, method=method, seed=seed, device=device, progress=progress)
-            print_train_summary(run_dir, stage)
-            trained = stage.manifest
-        from cleanpipe.report import run_report_stage
-
-        page = run_report_stage(run).html_path
-    pm, tm = pruned.manifest["metrics"], trained["metrics"]
+    with RichProgress(console) as progress:
+        result = run_pipeline(run, spec, kind=kind, rate=rate, seed=seed, model=model, folds=folds, device=device,
+                              method=method, prune_method=prune_method, progress=progress,
+                              on_stage=lambda name, stage: _print_stage(run_dir, name, stage))
+    pm, tm = result.prune.manifest["metrics"], result.train_manifest["metrics"]
     found = f" (precision {pm['precision']:.2f}, recall {pm['recall']:.2f})" if "precision" in pm else ""
     console.print(
         f"[bold]done[/]: {pm['n_issues']:,} of {pm['n']:,} labels flagged{found}; "
         f"{method} on the {tm['n_train']:,} kept: test accuracy [bold]{tm['test_accuracy']:.2%}[/]"
     )
-    console.print(f"see {page} (plots), {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first)")
+    console.print(f"see {result.report} (plots), {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first)")
 
 
-def _train_is_current(run, method: str, seed: int) -> bool:
-    man = run.manifest("train")
-    if man is None or man["parameters"].get("method") != method or man["parameters"].get("seed") != seed:
-        return False
-    if method != "incv-coteaching" and man["parameters"].get("subset") != "kept":
-        return False
-    try:
-        run.require("train")
-    except CleanpipeError:
-        return False
-    return True
+def _print_stage(run_dir: Path, name: str, stage) -> None:
+    if stage is None:
+        console.print(f"[dim]{name}: up to date, skipped[/]")
+        return
+    printer = {"noise": print_noise_summary, "crossval": print_crossval_summary, "train": print_train_summary}
+    if name == "prune":
+        print_prune_summary(run_dir, stage, top=5)
+    else:
+        printer[name](run_dir, stage)
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -704,25 +717,6 @@ def _set_threads(threads: Optional[int]) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def _noise_is_current(run, spec, kind: str, rate: float, seed: int) -> bool:
-    man = run.manifest("noise")
-    wanted = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
-    return (
-        man is not None
-        and {k: man["parameters"].get(k) for k in wanted} == wanted
-        and man["parameters"].get("class_map") is None
-        and _same_spec(run, spec)
-        and run.is_current("noise", man["parameters"])
-    )
-
-
-def _same_spec(run, spec) -> bool:
-    from cleanpipe.data import DataSpec
-
-    recorded = run.dataset_json()
-    return recorded is not None and (spec is None or DataSpec.from_json(recorded["spec"]) == spec)
 
 
 def entry() -> None:

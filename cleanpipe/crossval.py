@@ -21,7 +21,9 @@ from typing import Callable
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.recipes import FitSettings, fit_settings
 from cleanpipe.run import Run
+from cleanpipe.validation import ParameterError, check_number
 
 SHARDS = "shards"
 
@@ -45,12 +47,11 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
-    if n_folds < 2:
-        raise CleanpipeError(f"--folds must be at least 2, got {n_folds}")
+    check_number(n_folds, "n_folds", low=2)
     if n_folds > smallest:
-        raise CleanpipeError(
-            f"--folds {n_folds} is larger than the smallest class ({smallest} examples of class "
-            f"{int(np.flatnonzero(counts == smallest)[0])}); use --folds {max(2, smallest)} or fewer"
+        raise ParameterError(
+            "n_folds", f"{n_folds} is larger than the smallest class ({smallest} examples of class "
+            f"{int(np.flatnonzero(counts == smallest)[0])}); use {max(2, smallest)} or fewer"
         )
     folds = np.empty(len(labels), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -60,26 +61,10 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 
 
 @dataclass
-class CrossvalSettings:
-    """What makes a fold's result: shards made with other settings are never mixed in."""
+class CrossvalSettings(FitSettings):
+    """What makes a fold's result (the recipe and the fold count): shards made with other settings are never mixed in."""
 
-    model: str
     n_folds: int = 4
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float | None = None
-    optimizer: str = "sgd"
-    flip: bool = False
-    seed: int = 0
-    compile: bool = False
-
-    def train_config(self, seed: int, **overrides):
-        """The engine's TrainConfig for these settings (flip augmentation implies flip averaging)."""
-        from cleanpipe.engine import TrainConfig
-
-        base = dict(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                    flip=self.flip, tta_flip=self.flip, compile=self.compile, seed=seed)
-        return TrainConfig(**{**base, **overrides})
 
     def key(self, labels: np.ndarray, fingerprint: str) -> str:
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
@@ -88,28 +73,10 @@ class CrossvalSettings:
         return h.hexdigest()[:16]
 
 
-def default_settings(input_shape: tuple[int, ...], source: str, model: str = "auto", **overrides) -> CrossvalSettings:
-    """Good defaults per kind of data (measured: see README's crossval table)."""
-    from cleanpipe.models import auto_model
-
-    name = auto_model(input_shape) if model == "auto" else model
-    if len(input_shape) == 1:
-        base = CrossvalSettings(name, epochs=40, batch_size=128, optimizer="adamw")
-    elif min(input_shape[1:]) <= 16:  # digits
-        base = CrossvalSettings(name, epochs=20, batch_size=64)
-    elif input_shape[0] == 1:  # MNIST-like. 3 epochs reach 0.98 on clean labels but learn too little
-        # at high noise (MNIST-10k, 80% symmetric: OOF accuracy vs the truth 0.48 after 3, 0.81 after 10,
-        # 0.83 after 20 for 1.8x the time): README's table from pipelines/bench_crossval_epochs.py.
-        base = CrossvalSettings(name, epochs=10, batch_size=64, lr=0.05)
-    else:  # colour images: natural scenes, flips suit them. Batch 512: on an H100 a ResNet-18
-        # step takes the same host-bound ~11 ms at 256 and 512 (measured), so 512 doubles throughput.
-        base = CrossvalSettings(name, epochs=30, batch_size=512, lr=0.4, flip=True)
-    if source not in ("cifar10", "cifar100", "folder") and len(input_shape) == 3:
-        base.flip = False
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(base, k, v)
-    return base
+def default_settings(input_shape: tuple[int, ...], source: str | None = None, model: str = "auto",
+                     **overrides) -> CrossvalSettings:
+    """Crossval's recipe for data of this shape (``cleanpipe.recipes``), with the overrides that are not None."""
+    return fit_settings("crossval", input_shape, source=source, model=model, cls=CrossvalSettings, **overrides)
 
 
 @dataclass
@@ -255,33 +222,24 @@ def run_crossval_stage(
     existing shards; neither: every fold without a valid shard, then the combination.
     """
     from cleanpipe.engine import resolve_device
-    from cleanpipe.models import MODELS, build_model
+    from cleanpipe.models import build_model
     from cleanpipe.progress import NullProgress
 
     progress = progress or NullProgress()
     started = time.perf_counter()
     if fold is not None and combine:
         raise CleanpipeError("--fold and --combine are separate jobs: run each fold with --fold I, then --combine once")
-    if model != "auto" and model not in MODELS:
-        raise CleanpipeError(f"unknown model {model!r}; choose auto or one of {', '.join(MODELS)}")
-    for name, v in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if v is not None and v < 1:
-            raise CleanpipeError(f"{name} must be at least 1, got {v}")
-    if lr is not None and not lr > 0:
-        raise CleanpipeError(f"--lr must be positive, got {lr}")
     resolve_device(device)  # fail now on --device cuda without a GPU
 
     with run.transaction():
         spec, ds, is_new = run.bind_dataset(spec)
         labels, true_labels, inputs = run.training_labels(ds)
-        settings = default_settings(
-            ds.input_shape, spec.source, model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, compile=compile
-        )
-        settings.n_folds = n_folds
+        settings = default_settings(ds.input_shape, spec.source, model, epochs=epochs, batch_size=batch_size, lr=lr,
+                                    seed=seed, compile=compile, n_folds=n_folds)
         build_model(settings.model, ds.input_shape, ds.n_classes)  # wrong model for the data fails here
         folds = fold_plan(labels, n_folds, seed)
         if fold is not None and not 0 <= fold < n_folds:
-            raise CleanpipeError(f"--fold {fold} is out of range: folds are 0..{n_folds - 1}")
+            raise ParameterError("fold", f"{fold} is out of range: folds are 0..{n_folds - 1}")
         if is_new:
             run.write_dataset(spec, ds)
         key = settings.key(labels, ds.fingerprint())

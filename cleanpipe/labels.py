@@ -342,3 +342,44 @@ def read_partial_labels(path: Path, ids: Sequence[str], class_names: Sequence[st
     labels = _to_ids(_object_array(list(mapping.values())), path, class_names)
     order = np.argsort(rows_arr)
     return rows_arr[order], labels[order]
+
+
+LABEL_SUFFIXES = (".npy", ".csv", ".json")  # what write_labels writes and read_labels reads back
+
+
+def check_label_path(path: Path, name: str = "path") -> Path:
+    """``path`` if a label file can be written there (a known suffix, an existing folder), else a ParameterError."""
+    from cleanpipe.validation import ParameterError
+
+    path = Path(path)
+    if path.suffix.lower() not in LABEL_SUFFIXES:
+        raise ParameterError(name, f"{path}: give a .npy, .csv or .json file name")
+    if not path.resolve().parent.is_dir():
+        raise ParameterError(name, f"{path}: its folder does not exist; create it first")
+    return path
+
+
+def write_labels(path: Path, ids: Sequence[str], labels: np.ndarray) -> None:
+    """Write a label vector that :func:`read_labels` reads back, by the suffix of ``path``, atomically.
+
+    ``.npy``: int64 by row; ``.csv``: ``id,label`` rows; ``.json``: ``{id: label}``.
+    """
+    import io
+
+    from cleanpipe.run import atomic_write_bytes
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    ids, labels = list(map(str, ids)), np.asarray(labels, dtype=np.int64)
+    if suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, labels, allow_pickle=False)
+        data = buf.getvalue()
+    elif suffix == ".csv":
+        data = ("id,label\n" + "".join(f"{i},{int(y)}\n" for i, y in zip(ids, labels.tolist()))).encode()
+    else:
+        data = (json.dumps({i: int(y) for i, y in zip(ids, labels.tolist())}, indent=0) + "\n").encode()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise CleanpipeError(f"{path}: cannot write labels ({e.strerror or e}); choose another path") from None

@@ -37,6 +37,3 @@ def error_auroc(label_quality: np.ndarray, true_errors: np.ndarray) -> float | N
         return None
     return float(roc_auc_score(true_errors, -np.asarray(label_quality, dtype=np.float64)))
 
-
-def accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean(np.asarray(pred) == np.asarray(truth))) if len(truth) else 0.0

@@ -111,7 +111,7 @@ def noise_matrix(
         for src, dst in class_map.items():
             M[src, src], M[dst, src] = 1.0 - rate, rate
         return M
-    # random: the CL paper's recipe (reference/cleanlab.md section 1.4), with the trace rounded.
+    # random: the CL paper's recipe (cleanlab's ``generate_noise_matrix_from_trace``), with the trace rounded.
     from cleanlab.benchmarking.noise_generation import generate_noise_matrix_from_trace
 
     trace = _random_trace(K, rate)

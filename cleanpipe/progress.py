@@ -24,6 +24,9 @@ class NullProgress:
     def log(self, text: str) -> None:
         pass
 
+    def finish(self) -> None:
+        """A piece of work is done: drop its bars."""
+
 
 class RichProgress(NullProgress):
     """Nested bars: level 0 (e.g. folds), 1 (epochs), 2 (batches)."""
@@ -68,3 +71,8 @@ class RichProgress(NullProgress):
 
     def log(self, text: str) -> None:
         self.bars.console.print(text)
+
+    def finish(self) -> None:
+        for task in self.tasks.values():
+            self.bars.remove_task(task)
+        self.tasks.clear()

@@ -24,6 +24,7 @@ from cleanpipe.detect.confident import (
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.metrics import detection_metrics, error_auroc
 from cleanpipe.run import Run, load_npy
+from cleanpipe.validation import check_choice, check_number
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _file_inputs(pred_probs_file: Path, labels_file: Path, true_labels_file: Pat
 
 
 def build_report(inputs: PruneInputs, det: Detection, extra_columns: dict | None = None):
-    """The per-example table, worst first (see DESIGN.md's ``label_issues.csv``); INCV adds its sets."""
+    """The per-example table, worst first (the run directory's ``label_issues.csv``); INCV adds its sets."""
     import pandas as pd
 
     names = inputs.class_names
@@ -162,7 +163,8 @@ def run_prune_stage(
 
 
 def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, parameters: dict,
-                 extra_columns: dict | None = None, extra_metrics: dict | None = None) -> PruneStage:
+                 extra_columns: dict | None = None, extra_metrics: dict | None = None,
+                 extra_arrays: dict | None = None) -> PruneStage:
     report = build_report(inputs, det, extra_columns)
     K = inputs.pred_probs.shape[1]
     metrics = {
@@ -194,6 +196,8 @@ def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, par
         w.save_npy("issue_mask.npy", det.issue_mask)
         w.save_npy("keep_mask.npy", ~det.issue_mask)
         report.to_csv(w.path("label_issues.csv"), index=False)
+        for name, arrays in (extra_arrays or {}).items():
+            np.savez(w.path(name), **arrays)
         manifest = w.finish(parameters=parameters, metrics=metrics)
     return PruneStage(det, inputs, method, manifest, report)
 
@@ -205,12 +209,8 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
     from cleanpipe.robust.coteaching import incv_forget_rate
     from cleanpipe.engine import resolve_device
 
-    pattern = opts.get("pattern", "auto")
-    if pattern not in ("auto", "symmetric", "asymmetric"):
-        raise CleanpipeError(f"--noise-pattern must be auto, symmetric or asymmetric, got {pattern!r}")
-    iterations = int(opts.get("iterations", 4))
-    if iterations < 1:
-        raise CleanpipeError(f"--iterations must be at least 1, got {iterations}")
+    pattern = check_choice(opts.get("pattern", "auto"), "noise_pattern", ("auto", "symmetric", "asymmetric"))
+    iterations = check_number(int(opts.get("iterations", 4)), "iterations", low=1)
     resolve_device(opts.get("device", "auto"))
     with run.transaction():
         spec, ds, _ = run.bind_dataset(None)
@@ -243,4 +243,6 @@ def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
             extra_metrics["label_recall"] = round(float(clean[result.select].sum() / max(clean.sum(), 1)), 6)
         parameters = {"method": "incv", "iterations": iterations, "symmetric": symmetric, **{
             k: v for k, v in settings.__dict__.items() if k in ("model", "epochs", "batch_size", "lr", "seed")}}
-        return _write_prune(run, inputs, det, "incv", parameters, extra_cols, extra_metrics)
+        # The sets for training (INCV's Co-teaching) in a machine file; label_issues.csv is for people.
+        sets = {"incv_sets.npz": {"select": result.select, "candidate": result.candidate, "discarded": result.discarded}}
+        return _write_prune(run, inputs, det, "incv", parameters, extra_cols, extra_metrics, sets)

@@ -1,7 +1,7 @@
 """The theory stage: check INCV's theory of noisy held-out predictions on the run's own data.
 
 Chen et al. (2019) predict what a network trained on noisy labels does on unseen data:
-its predictions follow the noise, ``P(ŷ = j | y* = i) = T[i, j]`` (spec A.9). The check of
+its predictions follow the noise, ``P(ŷ = j | y* = i) = T[i, j]`` (Chen et al. 2019, section 3). The check of
 ``Verify_Theory.py``: train on one half of the noisy training set, score the other half,
 and compare the noisy accuracy, label precision and label recall with the closed forms,
 and the held-out confusion matrix with the noise matrix.

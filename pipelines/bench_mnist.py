@@ -38,8 +38,13 @@ ROWS = [
 
 
 def _needs_prune(opts) -> bool:
-    """The CL-kept rows, INCV and Co-teaching's default forget rate read the prune stage."""
-    return opts is None or "kept" in opts or any(o.startswith("coteaching") for o in opts)
+    """Whether a row's training reads a confident-learning prune stage (the registry says: kept rows, a forget rate)."""
+    from cleanpipe.robust import get_method
+
+    if opts is None:  # INCV's Co-teaching: its own prune stage
+        return False
+    method = get_method(opts[opts.index("--method") + 1])
+    return method.prune_needed(method.Options(), opts[opts.index("--subset") + 1]) is not None
 
 
 def main() -> None:

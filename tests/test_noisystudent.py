@@ -1,4 +1,4 @@
-"""Noisy Student: the spec's checks on the array helpers and the loss, model noise, and the train stage end to end."""
+"""Noisy Student: the paper's rules on the array helpers and the loss, model noise, and the train stage end to end."""
 
 import json
 
@@ -233,7 +233,8 @@ def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
 
     from cleanpipe.progress import NullProgress
     from cleanpipe.run import Run
-    from cleanpipe.train import NoisyStudentOptions, run_train_stage
+    from cleanpipe.robust import NoisyStudentOptions
+    from cleanpipe.train import run_train_stage
 
     a = _digits_prune_run(tmp_path, cli, "a")
     b = tmp_path / "b"
@@ -246,7 +247,7 @@ def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
 
     opts = NoisyStudentOptions(iterations=1)
     with pytest.raises(KeyboardInterrupt):
-        run_train_stage(Run(a), method="noisy-student", epochs=2, device="cpu", noisy_student=opts, progress=StopAtStudent())
+        run_train_stage(Run(a), "noisy-student", options=opts, epochs=2, device="cpu", progress=StopAtStudent())
     assert not (a / "train" / "manifest.json").exists() and list((a / "train" / "resume").glob("*.done.pt"))
     started = []
 
@@ -254,9 +255,9 @@ def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
         def start(self, label, total, level=0):
             started.append(label)
 
-    run_train_stage(Run(a), method="noisy-student", epochs=2, device="cpu", noisy_student=opts, progress=Watch())
+    run_train_stage(Run(a), "noisy-student", options=opts, epochs=2, device="cpu", progress=Watch())
     assert started == ["student 1/1 epochs"]  # the teacher was not trained again
-    run_train_stage(Run(b), method="noisy-student", epochs=2, device="cpu", noisy_student=opts)
+    run_train_stage(Run(b), "noisy-student", options=opts, epochs=2, device="cpu")
     assert (a / "train" / "relabel.csv").read_bytes() == (b / "train" / "relabel.csv").read_bytes()
     assert not (a / "train" / "resume").exists()  # the finished stage keeps no resume state
     assert cli("report", a)[0] == 0  # the report plots the teacher's and the student's epochs end to end

@@ -1,4 +1,4 @@
-"""INCV's theory (spec A.9): the closed forms, the measured quantities, and `cleanpipe theory`."""
+"""INCV's theory (Chen et al. 2019, section 3): the closed forms, the measured quantities, and `cleanpipe theory`."""
 
 import json
 
@@ -19,7 +19,7 @@ def test_matrix_predictions_equal_the_closed_forms(kind, rate):
 
 
 def test_closed_form_values_from_the_spec():
-    # The spec's worked values (A.5): p = 0.6444 at sym 0.2, 0.2778 at sym 0.5, 0.52 at pair 0.4.
+    # The paper's worked values: p = 0.6444 at sym 0.2, 0.2778 at sym 0.5, 0.52 at pair 0.4.
     assert closed_form("symmetric", 0.2, 10)["noisy_accuracy"] == pytest.approx(0.6444, abs=1e-4)
     assert closed_form("symmetric", 0.5, 10)["noisy_accuracy"] == pytest.approx(0.2778, abs=1e-4)
     assert closed_form("pairflip", 0.4, 10)["noisy_accuracy"] == pytest.approx(0.52)

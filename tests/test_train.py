@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cleanpipe.engine import Step
-from cleanpipe.robust.coteaching import CoTeaching, CoTeachingPlus, IncvCoTeaching, incv_forget_rate
+from cleanpipe.robust.coteaching import CoTeaching, CoTeachingOptions, CoTeachingPlus, IncvCoTeaching, incv_forget_rate
 
 
 def _step(nets, n=32, k=4, seed=0):
@@ -79,8 +79,8 @@ def test_coteaching_defaults_to_class_balanced_picks():
     kept = torch.bincount(step.y[pick1], minlength=4)
     assert int(pick1.sum()) == 20
     assert torch.all((kept - 0.5 * counts).abs() <= 1)
-    with pytest.raises(ValueError, match="selection"):
-        CoTeaching(0.2, selection="per-class")
+    with pytest.raises(ValueError, match="selection"):  # the options validate the method's settings
+        CoTeachingOptions(selection="per-class")
 
 
 def test_forget_rate_ramps_linearly_to_its_target():
@@ -221,9 +221,9 @@ def test_incv_coteaching_after_an_incv_prune(tmp_path, cli):
 
 def test_interrupted_training_resumes_to_the_same_model(pruned_digits, tmp_path, cli, monkeypatch):
     import cleanpipe.engine.loop as loop
-    import cleanpipe.train as train
+    import cleanpipe.robust.base as base
 
-    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)  # checkpoint every epoch
+    monkeypatch.setattr(base, "CHECKPOINT_EVERY_S", 0.0)  # checkpoint every epoch
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(pruned_digits, a)
     shutil.copytree(pruned_digits, b)

@@ -58,13 +58,18 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class Source:
-    """A source kind: its loader, whether it needs ``--data``, and how to point it at data."""
+    """A source kind: its loader, whether it needs ``--data``, and how to point it at data.
+
+    ``natural_images``: its images are photographs of scenes, which a mirror image leaves valid, so
+    training may flip them (``cleanpipe.recipes``); digits, characters and arbitrary arrays stay as they are.
+    """
 
     load: Callable[[DataSpec], Dataset]
     needs_path: bool
     summary: str
     layout: str
     options: tuple[str, ...] = field(default_factory=tuple)
+    natural_images: bool = False
 
 
 def _lazy(module: str) -> Callable[[DataSpec], Dataset]:
@@ -95,11 +100,13 @@ SOURCES: dict[str, Source] = {
         _lazy("cifar"), True,
         "CIFAR-10, python pickle batches",
         "--data DIR = cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta)",
+        natural_images=True,
     ),
     "cifar100": Source(
         _lazy("cifar"), True,
         "CIFAR-100 (fine labels), python pickle batches",
         "--data DIR = cifar-100-python (train, test, meta)",
+        natural_images=True,
     ),
     "folder": Source(
         _lazy("folder"), True,
@@ -107,6 +114,7 @@ SOURCES: dict[str, Source] = {
         "--data DIR with DIR/<class>/<image> (or DIR/train/<class>/... and DIR/test/<class>/...); "
         "images are resized to --image-size",
         ("--image-size", "--test-fraction", "--split-seed"),
+        natural_images=True,
     ),
     "table": Source(
         _lazy("table"), True,

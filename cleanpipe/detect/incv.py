@@ -1,13 +1,13 @@
 """INCV: Iterative Noisy Cross-Validation (Chen et al., ICML 2019), trained through the engine.
 
-Specification: ``reference/incv_coteaching.md`` sections A and C. Decisions where the
-reference code differs or is silent:
+Chen et al. (2019), Algorithm 1 and section 3, after the authors' Keras code. Decisions where that
+code differs or is silent:
 
 - Seeded: the halves, the noise and the initial weights all follow ``seed`` (the Keras
   reference sets no seed at all).
 - Every model starts from the same initial weights, as in the reference (drawn once from the seed).
 - The network: the paper's ResNet-32 for colour 32x32 images, and for grey or small images
-  ``mlp128``, an MLP on raw pixels (:func:`incv_model`). INCV's estimate and its theory assume a
+  ``mlp128``, an MLP on raw pixels (``cleanpipe.recipes``). INCV's estimate and its theory assume a
   network whose held-out predictions follow the noise. Measured on MNIST-10k at 40% symmetric
   noise (``cleanpipe theory``): the small CNN that serves crossval predicts the true class too
   often (label recall 0.69 where the theory says 0.60, estimate 0.43 at a true 0.50 with 20
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import check_number
 
 
 def noise_rate_from_hit_rate(hit_rate: float, n_classes: int, top_k: int = 1) -> float:
@@ -86,35 +87,21 @@ class IncvResult:
 FIT_EPOCHS = 40  # measured on MNIST-10k: 20 epochs leave the noise half-fitted (see the module docstring)
 
 
-def incv_model(input_shape: tuple[int, ...]) -> str:
-    """INCV's default network: one whose held-out predictions follow the noise, as its theory assumes.
+def incv_settings(input_shape: tuple[int, ...], source: str | None = None, model: str = "auto", *,
+                  epochs: int | None = None, seed: int = 0):
+    """The network and recipe of INCV's models and of the theory check: crossval's recipe with INCV's
+    network (``cleanpipe.recipes.incv_model``) for ``epochs`` (default :data:`FIT_EPOCHS`)."""
+    from cleanpipe.recipes import fit_settings
 
-    Colour 32x32 images: the paper's ResNet-32. Grey or small images: ``mlp128``, an MLP on
-    raw pixels. Measured on MNIST-10k (README, "INCV"): the small CNN's image prior makes its
-    held-out predictions favour the true class (label recall 0.69 where the theory says 0.60
-    at 40% noise), which biases the noise-rate estimate low; the MLP stays within 0.04.
-    Tables: the MLP.
-    """
-    if len(input_shape) == 1:
-        return "mlp"
-    c, h, w = input_shape
-    return "resnet32" if c == 3 and min(h, w) >= 32 else "mlp128"
-
-
-def incv_settings(input_shape: tuple[int, ...], source: str, model: str = "auto", *, epochs: int | None = None,
-                  seed: int = 0):
-    """The network and recipe of INCV's models and of the theory check (``epochs`` default 40)."""
-    from cleanpipe.crossval import default_settings
-
-    name = incv_model(input_shape) if model == "auto" else model
-    return default_settings(input_shape, source, name, epochs=FIT_EPOCHS if epochs is None else epochs, seed=seed)
+    return fit_settings("incv", input_shape, source=source, model=model,
+                        epochs=FIT_EPOCHS if epochs is None else epochs, seed=seed)
 
 
 def fitting_config(settings):
     """The engine's TrainConfig for a model that should fit the noisy labels, as INCV's theory assumes.
 
     No augmentation, no weight decay, no flip averaging: the held-out predictions of a network
-    that has memorised its noisy training labels follow the noise (spec A.9). A regularised
+    that has memorised its noisy training labels follow the noise (Chen et al. 2019, section 3). A regularised
     recipe generalises past the noise and biases the noise-rate estimate low.
     """
     return settings.train_config(settings.seed, augment=False, weight_decay=0.0, flip=False, tta_flip=False)
@@ -143,7 +130,7 @@ def train_and_score(
         int64 (N,): the (noisy) labels trained on and, with ``keep_best``, validated on.
     train_rows, held_rows : np.ndarray
         int (n,), disjoint.
-    settings : cleanpipe.crossval.CrossvalSettings
+    settings : cleanpipe.recipes.FitSettings
     init_state : dict, optional
         Initial weights (INCV starts every model from the same ones); default a fresh draw.
     keep_best : bool
@@ -212,7 +199,7 @@ def incv_select(
     labels : np.ndarray
         int64 (N,): the noisy labels.
     n_classes : int
-    settings : cleanpipe.crossval.CrossvalSettings
+    settings : cleanpipe.recipes.FitSettings
         Model and recipe of every INCV model (``settings.seed`` seeds everything).
     iterations : int
         The reference's ``INCV_iter`` (4).
@@ -226,8 +213,7 @@ def incv_select(
     from cleanpipe.models import build_model
     from cleanpipe.progress import NullProgress
 
-    if iterations < 1:
-        raise CleanpipeError(f"--iterations must be at least 1, got {iterations}")
+    check_number(iterations, "iterations", low=1)
     progress = progress or NullProgress()
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
@@ -294,7 +280,7 @@ def incv_select(
     return IncvResult(select, candidate, discarded, float(eps if eps is not None else 0.0), last_probs, history)
 
 
-# ---- the paper's theory (spec A.9) ----------------------------------------------------------
+# ---- the paper's theory (Chen et al. 2019, section 3) ----------------------------------------------------------
 
 
 def predicted_held_out(transition: np.ndarray, class_prior: np.ndarray) -> dict:
@@ -316,7 +302,7 @@ def predicted_held_out(transition: np.ndarray, class_prior: np.ndarray) -> dict:
     dict
         ``noisy_accuracy`` P(ŷ = ỹ) = Σ_i π_i Σ_j T_ij²; ``label_precision`` P(ỹ = y* | ŷ = ỹ);
         ``label_recall`` P(ŷ = ỹ | ỹ = y*); ``clean_accuracy`` P(ŷ = y*) = Σ_i π_i T_ii. For
-        symmetric noise these are the spec's closed forms (1-ε)² + ε²/(c-1), (1-ε)²/that, 1-ε, 1-ε;
+        symmetric noise these are the paper's closed forms (1-ε)² + ε²/(c-1), (1-ε)²/that, 1-ε, 1-ε;
         for pair-flip (1-ε)² + ε², (1-ε)²/that, 1-ε, 1-ε.
     """
     T = np.asarray(transition, dtype=np.float64)
@@ -334,7 +320,7 @@ def predicted_held_out(transition: np.ndarray, class_prior: np.ndarray) -> dict:
 
 
 def closed_form(kind: str, rate: float, n_classes: int) -> dict | None:
-    """The spec's closed forms (A.9) for ``symmetric`` and ``pairflip`` noise of rate ε; None otherwise."""
+    """The paper's closed forms (Chen et al. 2019, section 3) for ``symmetric`` and ``pairflip`` noise of rate ε; None otherwise."""
     e, c = float(rate), n_classes
     if kind == "symmetric":
         hit = (1 - e) ** 2 + e**2 / (c - 1)

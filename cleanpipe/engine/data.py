@@ -20,15 +20,21 @@ class DeviceData:
     device : torch.device
     fit_rows : np.ndarray, optional
         int indices whose statistics normalise every batch; default all rows.
+    stats : DeviceData, optional
+        Normalise with another array's statistics instead (a test split scored like its training data).
     """
 
-    def __init__(self, X: np.ndarray, device: torch.device, fit_rows: np.ndarray | None = None) -> None:
+    def __init__(self, X: np.ndarray, device: torch.device, fit_rows: np.ndarray | None = None,
+                 stats: "DeviceData | None" = None) -> None:
         self.device = device
         self.is_image = X.ndim == 4
         X = np.ascontiguousarray(X)
         if not X.flags.writeable:  # torch wants writable memory (np.frombuffer, memory maps)
             X = X.copy()
         self.X = torch.from_numpy(X).to(device)
+        if stats is not None:
+            self.mean, self.std = stats.mean.to(device), stats.std.to(device)
+            return
         ref = self.X if fit_rows is None else self.X[torch.as_tensor(fit_rows, device=device)]
         if self.is_image:
             ref = ref.float() / 255.0

@@ -26,7 +26,7 @@ from torch import nn
 
 from cleanpipe.engine.data import Augment, DeviceData
 from cleanpipe.engine.method import Method, Standard, Step
-from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError, check_choice, check_number
 
 
 @dataclass
@@ -66,16 +66,13 @@ class TrainConfig:
     eval_batch_size: int = 1024
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise CleanpipeError(f"unknown optimizer {self.optimizer!r}; choose sgd or adamw")
-        if self.schedule not in ("onecycle", "cosine", "restarts"):
-            raise CleanpipeError(f"unknown schedule {self.schedule!r}; choose onecycle, cosine or restarts")
-        if not 0.0 <= self.ema < 1.0:
-            raise CleanpipeError(f"--ema must lie in [0, 1), got {self.ema}")
-        if self.epochs < 1:
-            raise CleanpipeError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise CleanpipeError(f"--batch-size must be at least 2, got {self.batch_size}")
+        check_choice(self.optimizer, "optimizer", ("sgd", "adamw"))
+        check_choice(self.schedule, "schedule", ("onecycle", "cosine", "restarts"))
+        check_number(self.ema, "ema", low=0.0, high=1.0, high_open=True)
+        check_number(self.epochs, "epochs", low=1)
+        check_number(self.batch_size, "batch_size", low=2, why="(BatchNorm needs two examples)")
+        if self.lr is not None:
+            check_number(self.lr, "lr", low=0.0, low_open=True)
 
     @property
     def peak_lr(self) -> float:
@@ -86,10 +83,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_choice(name, "device", ("auto", "cpu", "cuda"))
     if name == "cuda" and not torch.cuda.is_available():
-        raise CleanpipeError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise CleanpipeError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise ParameterError("device", "is cuda but no CUDA GPU is visible to torch; use cpu or auto")
     return torch.device(name)
 
 

@@ -47,8 +47,6 @@ class Step:
 class Method:
     """Base class: override :meth:`loss`; the other hooks are optional."""
 
-    n_nets = 1
-
     def bind(self, data, augment, optimizer) -> None:
         """Called once by ``fit`` before training: the device data (for extra batches such as a
         probe set), the weak augmentation, and the optimizer (whose momentum a look-ahead reads)."""

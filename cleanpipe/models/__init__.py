@@ -1,6 +1,6 @@
 """The model registry: name -> constructor(input shape, number of classes).
 
-``auto`` picks per dataset: the small CNN for grey or small images (digits, MNIST), PreAct
+``auto`` picks per kind of data (``cleanpipe.recipes``): the small CNN for grey or small images, PreAct
 ResNet-18 for 32x32 colour images, the MLP for tables. ``logreg`` is scikit-learn's
 logistic regression, trained outside the torch engine.
 """
@@ -19,6 +19,7 @@ class ModelInfo:
     inputs: str  # "image", "table" or "any"
     summary: str
     min_side: int = 1  # smallest image side the network's pooling leaves room for
+    wider: str | None = None  # the same network wider (Noisy Student's student: "equal or larger")
 
 
 def _small_cnn(shape, k):
@@ -95,7 +96,8 @@ def _logreg(shape, k):
 
 
 MODELS: dict[str, ModelInfo] = {
-    "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images"),
+    "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images",
+                           wider="small_cnn_wide"),
     "small_cnn_wide": ModelInfo(_small_cnn_wide, "image", "small_cnn at twice the width: Noisy Student's larger student"),
     "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images",
                       min_side=12),  # two 2x pools, then a 3x3 conv without padding
@@ -111,16 +113,10 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
-def auto_model(input_shape: tuple[int, ...]) -> str:
-    """The default model for data of this shape (C, H, W) or (D,)."""
-    if len(input_shape) == 1:
-        return "mlp"
-    c, h, w = input_shape
-    return "preact_resnet18" if c == 3 and min(h, w) >= 32 else "small_cnn"
-
-
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int):
     """Construct a fresh, untrained model; ``name`` may be ``auto``."""
+    from cleanpipe.recipes import auto_model
+
     if name == "auto":
         name = auto_model(input_shape)
     if name not in MODELS:
@@ -146,7 +142,7 @@ def add_model_noise(net, dropout: float = 0.0, stochastic_depth: float = 0.0) ->
     Dropout of rate ``dropout`` on the input of the final linear layer (``net.head``). Stochastic depth
     on the residual blocks whose skip is the identity: the i-th of the network's n blocks (0-based, in
     module order, counting every block) drops its branch with probability ``stochastic_depth * i / n``
-    (``reference/noisystudent.md`` 1.6; 0.2 gives the last of 16 blocks 0.1875).
+    (Huang et al. 2016's linear decay rule, as Noisy Student uses it; 0.2 gives the last of 16 blocks 0.1875).
 
     Returns
     -------

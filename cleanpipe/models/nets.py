@@ -208,7 +208,7 @@ class WideBlock(SkipBlock):
 
 
 class WRN28(nn.Module):
-    """WRN-28-10 as IEG uses it (the AutoAugment code's variant, ``reference/ieg.md`` 2.5).
+    """WRN-28-10 as IEG uses it (the AutoAugment code's variant, which IEG's code uses).
 
     A 16-channel stem without BN; three stages of 4 pre-activation blocks, widths 16k (160, 320, 640 at
     k = 10), strides 1, 2, 2; parameter-free shortcuts (average pooling and zero channel padding, no 1x1
@@ -250,7 +250,7 @@ class Bottleneck29(SkipBlock):
     """ResNet v2 bottleneck: [BN] conv1x1(stride) - BN-ReLU conv3x3 - BN-ReLU conv1x1(c_out), plus a shortcut.
 
     ``pre_bn`` False for the network's first block (its input is the stem's BN-ReLU output). As in the
-    reference (``reference/ieg.md`` 2.5), no ReLU precedes the first 1x1 conv.
+    reference code, no ReLU precedes the first 1x1 conv.
     """
 
     def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int, project: bool, pre_bn: bool) -> None:

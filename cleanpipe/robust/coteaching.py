@@ -1,14 +1,13 @@
 """Co-teaching (Han et al. 2018), Co-teaching+ (Yu et al. 2019) and INCV's Co-teaching (Chen et al. 2019).
 
-Specification: ``reference/incv_coteaching.md`` sections B and D. Each is a
-:class:`~cleanpipe.engine.method.Method`: two networks see the same batch, each picks its
+Each is a :class:`~cleanpipe.engine.method.Method`: two networks see the same batch, each picks its
 small-loss examples, and each network is updated on the examples its *peer* picked. Decisions
 where the reference code differs or is silent:
 
 - The exchanged loss is a plain mean over the peer's picks (the reference divides it by the
   pick count once more, pitfall 11).
 - The forget rate ramps linearly from 0 at epoch 0 to its target at epoch ``ramp_epochs``
-  (``τ·min(e / Tk, 1)``), as INCV's B.2 writes it.
+  (``τ·min(e / Tk, 1)``), as the INCV paper writes it.
 - Co-teaching+ exchanges small-loss examples among those the two networks *disagree* on
   (argmax of the logits, not of a double softmax); its loss is the sum over the picks divided by
   the batch size, so a batch with few disagreements gives a small step and one with none no update.
@@ -27,11 +26,18 @@ where the reference code differs or is silent:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cleanpipe.errors import CleanpipeError
 from cleanpipe.engine.method import Method, Step
+from cleanpipe.robust.base import Plan, RunInputs, TrainJob, TrainingMethod, cli_option, data_input
+from cleanpipe.validation import ParameterError, check_choice, check_number
+
+SELECTIONS = ("class", "batch")
 
 
 def _smallest(loss: torch.Tensor, n_keep: torch.Tensor | int, eligible: torch.Tensor | None = None,
@@ -94,15 +100,8 @@ class CoTeaching(Method):
         batch's smallest losses whatever their class.
     """
 
-    n_nets = 2
-    SELECTIONS = ("class", "batch")
-
     def __init__(self, forget_rate: float, ramp_epochs: int = 10, is_clean: np.ndarray | None = None,
                  selection: str = "class") -> None:
-        if not 0.0 <= forget_rate < 1.0:
-            raise ValueError(f"forget rate must be in [0, 1), got {forget_rate}")
-        if selection not in self.SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(self.SELECTIONS)}, got {selection!r}")
         self.selection = selection
         self.target = float(forget_rate)
         self.ramp_epochs = max(1, int(ramp_epochs))
@@ -200,7 +199,7 @@ class IncvCoTeaching(CoTeaching):
     ``fit`` is given the selected rows; after ``warmup_epochs`` the batches are drawn from
     selected ∪ candidates while an epoch keeps the selected set's length. The number kept per
     batch is computed from its selected part only, so candidates take part only when their
-    loss is among the smallest (spec B.3).
+    loss is among the smallest (Chen et al. 2019, Algorithm 2).
 
     Parameters
     ----------
@@ -229,3 +228,147 @@ class IncvCoTeaching(CoTeaching):
         b_s = self._in_s[step.idx].sum()
         n_keep = torch.round((1.0 - self.rate) * b_s)
         return self._smallest(ce1, n_keep, step, logits1), self._smallest(ce2, n_keep, step, logits2)
+
+
+# ---- the registry entries -------------------------------------------------------------------------
+
+
+@dataclass
+class CoTeachingOptions:
+    """Co-teaching's and Co-teaching+'s settings.
+
+    Parameters
+    ----------
+    forget_rate : float, optional
+        Target share τ of each batch to drop: the noise expected among the training rows. The train stage
+        reads it from the prune stage's estimate when None; a library call must give it.
+    selection : {'class', 'batch'}
+        Small-loss picks spread over the given labels' classes, or the papers' batch-wide rule.
+    """
+
+    forget_rate: float | None = field(default=None, metadata=cli_option(
+        "Co-teaching's target forget rate (default: the noise the prune stage estimates is left in the subset)."))
+    selection: str = field(default="class", metadata=cli_option(
+        "Co-teaching's small-loss picks: class (spread over the given labels' classes) | batch (the papers' rule)."))
+
+    def __post_init__(self) -> None:
+        if self.forget_rate is not None:
+            check_number(self.forget_rate, "forget_rate", low=0.0, high=1.0, high_open=True)
+        check_choice(self.selection, "selection", SELECTIONS)
+
+
+@dataclass
+class IncvCoTeachingOptions(CoTeachingOptions):
+    """INCV's Co-teaching: the Co-teaching options plus INCV's sets (the train stage reads them from an INCV prune).
+
+    Parameters
+    ----------
+    candidates : np.ndarray, optional
+        int rows of INCV's candidate set C, mixed into the batches after the warm-up (``rows`` is S).
+    eval_ratio : float, optional
+        INCV's estimated noise rate ε̂; sets the warm-up (and, with ``forget_rate`` None, the forget rate).
+    symmetric : bool
+        INCV treated the noise as symmetric.
+    """
+
+    candidates: np.ndarray | None = data_input()
+    eval_ratio: float | None = None
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_ratio is not None:
+            check_number(self.eval_ratio, "eval_ratio", low=0.0, high=1.0)
+
+
+def ramp_epochs(epochs: int) -> int:
+    """Tk, the epochs over which the forget rate rises: 10 of 200 in the papers, a quarter of short runs."""
+    return max(1, min(10, epochs // 4))
+
+
+def _estimate(inputs: RunInputs, key: str) -> float:
+    value = getattr(inputs.prune, key)
+    if value is None:
+        raise CleanpipeError(f"{inputs.root}: the prune stage predates noise-rate estimates for training; "
+                             f"re-run `cleanpipe prune {inputs.root}`")
+    return min(0.9, float(value))
+
+
+def _forget_rate(options: CoTeachingOptions) -> float:
+    if options.forget_rate is None:
+        raise ParameterError("forget_rate", "is needed: the share of wrong labels expected among the training rows")
+    return options.forget_rate
+
+
+class CoTeachingTraining(TrainingMethod):
+    name = "coteaching"
+    summary = "two networks, each trained on the small-loss examples of its peer (Han et al. 2018)"
+    title = "Co-teaching"
+    n_nets = 2
+    Options = CoTeachingOptions
+
+    def prune_needed(self, options, subset):
+        return "any" if subset == "kept" or options.forget_rate is None else None
+
+    def from_run(self, options, inputs):
+        if options.forget_rate is None:
+            key = "estimated_noise_rate_kept" if inputs.subset == "kept" else "estimated_noise_rate"
+            options = replace(options, forget_rate=_estimate(inputs, key))
+        return options, []
+
+    def details(self, options, job: TrainJob) -> dict:
+        return {"forget_rate": round(_forget_rate(options), 6), "ramp_epochs": ramp_epochs(job.settings.epochs),
+                "selection": options.selection}
+
+    def prepare(self, options, job):
+        d = self.details(options, job)
+        return Plan(rows=job.rows, details=d,
+                    step=CoTeaching(_forget_rate(options), d["ramp_epochs"], job.is_clean, options.selection))
+
+
+class CoTeachingPlusTraining(CoTeachingTraining):
+    name = "coteaching-plus"
+    summary = "Co-teaching on the examples the two networks disagree on (Yu et al. 2019)"
+
+    def prepare(self, options, job):
+        from cleanpipe.recipes import recipe
+
+        d = self.details(options, job)
+        d["init_epoch"] = round(recipe(job.X.shape[1:]).coteaching_plus_start * job.settings.epochs)
+        step = CoTeachingPlus(_forget_rate(options), d["ramp_epochs"], d["init_epoch"], job.is_clean, options.selection)
+        return Plan(rows=job.rows, details=d, step=step)
+
+
+class IncvCoTeachingTraining(CoTeachingTraining):
+    name = "incv-coteaching"
+    summary = "INCV's Co-teaching: warm up on INCV's selected set, then mix in its candidates (needs prune --method incv)"
+    Options = IncvCoTeachingOptions
+
+    def prune_needed(self, options, subset):
+        return "incv"
+
+    def subset_name(self, subset):
+        return "incv-sets"
+
+    def training_rows(self, inputs):
+        return inputs.prune.incv_selected
+
+    def from_run(self, options, inputs):
+        p = inputs.prune
+        options = replace(options, candidates=p.incv_candidates, eval_ratio=p.eval_ratio, symmetric=p.symmetric)
+        if options.forget_rate is None:
+            options = replace(options, forget_rate=_estimate(inputs, "estimated_noise_rate_kept"))
+        return options, []
+
+    def prepare(self, options, job):
+        if options.candidates is None or options.eval_ratio is None:
+            raise ParameterError("candidates", "and eval_ratio are needed: INCV's candidate set and noise-rate estimate")
+        if options.forget_rate is None:
+            options = replace(options, forget_rate=incv_forget_rate(options.eval_ratio, job.n_classes, options.symmetric))
+        d = self.details(options, job)
+        high = not options.symmetric or options.eval_ratio > 0.6
+        d["warmup_epochs"] = round(job.settings.epochs * (0.4 if high else 0.2))  # 80 or 40 of 200 epochs
+        d["n_candidates"] = int(len(options.candidates))
+        step = IncvCoTeaching(options.forget_rate, job.rows, options.candidates, d["warmup_epochs"], d["ramp_epochs"],
+                              job.is_clean, n_rows=len(job.X), selection=options.selection)
+        return Plan(rows=job.rows, details=d, step=step)

@@ -1,0 +1,142 @@
+"""``cleanpipe run``: the stages in order, skipping what is up to date; callable from Python.
+
+>>> from cleanpipe.pipeline import run_pipeline
+>>> from cleanpipe.run import Run
+>>> from cleanpipe.data import DataSpec
+>>> result = run_pipeline(Run("runs/demo"), DataSpec("digits"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cleanpipe.errors import CleanpipeError
+from cleanpipe.run import Run
+
+
+@dataclass
+class PipelineResult:
+    """What each stage of :func:`run_pipeline` did (None where it was up to date and skipped)."""
+
+    noise: object | None
+    crossval: object | None
+    prune: object
+    train_manifest: dict
+    train: object | None
+    report: Path
+
+
+def same_spec(run: Run, spec) -> bool:
+    """The run already uses this data (or no data was asked for)."""
+    from cleanpipe.data import DataSpec
+
+    recorded = run.dataset_json()
+    return recorded is not None and (spec is None or DataSpec.from_json(recorded["spec"]) == spec)
+
+
+def noise_is_current(run: Run, spec, kind: str, rate: float, seed: int) -> bool:
+    """The run's noise stage was made with these settings on this data and nothing changed since."""
+    man = run.manifest("noise")
+    wanted = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
+    return (
+        man is not None
+        and {k: man["parameters"].get(k) for k in wanted} == wanted
+        and man["parameters"].get("class_map") is None
+        and same_spec(run, spec)
+        and run.is_current("noise", man["parameters"])
+    )
+
+
+def train_is_current(run: Run, method: str, seed: int) -> bool:
+    """The run's train stage trained ``method`` with ``seed`` on its default subset, and is current."""
+    from cleanpipe.robust import get_method
+
+    man = run.manifest("train")
+    if man is None or man["parameters"].get("method") != method or man["parameters"].get("seed") != seed:
+        return False
+    if man["parameters"].get("subset") != get_method(method).subset_name("kept"):
+        return False
+    try:
+        run.require("train")
+    except CleanpipeError:
+        return False
+    return True
+
+
+def run_pipeline(
+    run: Run,
+    spec=None,
+    *,
+    kind: str = "symmetric",
+    rate: float = 0.4,
+    seed: int = 0,
+    model: str = "auto",
+    folds: int = 4,
+    device: str = "auto",
+    method: str = "coteaching",
+    prune_method: str = "prune_by_noise_rate",
+    progress=None,
+    on_stage: Callable[[str, object | None], None] | None = None,
+) -> PipelineResult:
+    """Noise (unless ``kind`` is ``none``), crossval, prune, train and report, reusing what is current.
+
+    Parameters
+    ----------
+    run : Run
+    spec : cleanpipe.data.DataSpec, optional
+        The data; None: the run's own.
+    kind, rate : str, float
+        Synthetic noise; ``kind="none"`` trains on the labels as they are.
+    method : str
+        The training method (a name from :data:`cleanpipe.robust.METHODS`); one that needs an INCV prune
+        stage makes ``prune_method`` ``incv``.
+    on_stage : callable(name, stage), optional
+        Called after each stage with its result (None when it was up to date and skipped).
+    """
+    from cleanpipe.crossval import run_crossval_stage
+    from cleanpipe.noise import run_noise_stage
+    from cleanpipe.progress import NullProgress
+    from cleanpipe.prune import run_prune_stage
+    from cleanpipe.report import run_report_stage
+    from cleanpipe.robust import get_method
+    from cleanpipe.train import run_train_stage
+
+    trainer = get_method(method)
+    progress = progress or NullProgress()
+    report = on_stage or (lambda name, stage: None)
+    if run.dataset_json() is None and run.manifest("noise") is not None:
+        raise CleanpipeError(
+            f"{run.root} noised a bare label file and has no dataset; `cleanpipe run` needs one: use a new run directory"
+        )
+    if trainer.prune_needed(trainer.Options(), "kept") == "incv":
+        prune_method = "incv"
+    noise = crossval = trained = None
+    with run.transaction():
+        if kind == "none":
+            data_spec, ds, is_new = run.bind_dataset(spec)
+            if is_new:
+                run.write_dataset(data_spec, ds)
+        elif noise_is_current(run, spec, kind, rate, seed):
+            report("noise", None)
+        else:
+            noise = run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed)
+            report("noise", noise)
+        if prune_method != "incv":
+            crossval = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress)
+            progress.finish()
+            report("crossval", crossval)
+        pruned = run_prune_stage(run, method=prune_method, incv={"seed": seed, "device": device}, progress=progress)
+        progress.finish()
+        report("prune", pruned)
+        if train_is_current(run, method, seed):
+            report("train", None)
+            train_manifest = run.manifest("train")
+        else:
+            trained = run_train_stage(run, method, seed=seed, device=device, progress=progress)
+            progress.finish()
+            report("train", trained)
+            train_manifest = trained.manifest
+        page = run_report_stage(run).html_path
+    return PipelineResult(noise, crossval, pruned, train_manifest, trained, page)

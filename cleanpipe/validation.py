@@ -1,0 +1,79 @@
+"""Validation at the boundary, scikit-learn style: each check names the parameter it rejects.
+
+Options dataclasses and the engine's configuration validate themselves with these helpers, once. The
+errors name Python parameters (``epochs must be at least 1, got 0``); the command line maps a
+parameter to the flag it came from (``--epochs must be at least 1, got 0``) in its one error wrapper.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from cleanpipe.errors import CleanpipeError
+
+
+class ParameterError(CleanpipeError, ValueError):
+    """A bad value of one named parameter.
+
+    Attributes
+    ----------
+    parameter : str
+        The Python name of the parameter (``forget_rate``); the CLI prints its flag instead.
+    problem : str
+        What is wrong, to follow the name (``must lie in [0, 1), got 1.5``); where the name belongs
+        elsewhere in the sentence, the problem says ``{name}`` there instead.
+    """
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        self.parameter, self.problem = parameter, " ".join(problem.split())
+        super().__init__(self.render(parameter))
+
+    def render(self, name: str) -> str:
+        """The message with the parameter called ``name`` (the CLI passes its flag)."""
+        if "{name}" in self.problem:
+            return self.problem.replace("{name}", name)
+        return f"{name} {self.problem}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, why: str = ""):
+    """Return ``value`` if it lies within the bounds, else raise :class:`ParameterError` naming ``name``.
+
+    Parameters
+    ----------
+    value : int or float
+    name : str
+        The parameter's name, as the caller spelled it.
+    low, high : float, optional
+        Bounds; ``low_open`` / ``high_open`` exclude them.
+    why : str
+        A short reason appended to the message, e.g. ``"(the weak view and a strong one)"``.
+    """
+    bad = (low is not None and (value < low or (low_open and value == low))) or (
+        high is not None and (value > high or (high_open and value == high)))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or bad:
+        if low is not None and high is not None:
+            rule = f"must lie in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+        elif low == 0 and low_open:
+            rule = "must be positive"
+        elif low is not None:
+            rule = f"must be {'greater than' if low_open else 'at least'} {_fmt(low)}"
+        elif high is not None:
+            rule = f"must be {'less than' if high_open else 'at most'} {_fmt(high)}"
+        else:
+            rule = "must be a number"
+        raise ParameterError(name, f"{rule}{' ' + why if why else ''}, got {value!r}")
+    return value
+
+
+def check_choice(value, name: str, choices: Iterable[str]):
+    """Return ``value`` if it is one of ``choices``, else raise :class:`ParameterError` listing them."""
+    choices = list(choices)
+    if value not in choices:
+        listed = " or ".join(choices) if len(choices) <= 2 else ", ".join(choices[:-1]) + " or " + choices[-1]
+        raise ParameterError(name, f"must be {listed}, got {value!r}")
+    return value
