@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cleanpipe import __version__
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.validation import ParameterError, check_number
+from cleanpipe.validation import ParameterError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -59,8 +59,8 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             for name in ("seed", "split_seed"):  # numpy's and scikit-learn's seeds are 32-bit unsigned
-                if isinstance(kwargs.get(name), int):
-                    check_number(kwargs[name], name, low=0, high=2**32 - 1)
+                if isinstance(kwargs.get(name), int) and not 0 <= kwargs[name] < 2**32:
+                    raise ParameterError(name, f"must be between 0 and 2**32 - 1, got {kwargs[name]}")
             return fn(*args, **kwargs)
         except ParameterError as e:
             err_console.print(f"[bold red]error:[/] {e.render(_flags(wrapper).get(e.parameter, e.parameter))}")

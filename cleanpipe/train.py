@@ -109,7 +109,7 @@ def run_train_stage(run: Run, method: str = "standard", *, options=None, subset:
                              truth=truth, device=device, resume_dir=run.path("train", "resume"), progress=progress)
         parameters = {"method": spec.name, "subset": spec.subset_name(subset), "clean_labels": clean_labels,
                       **{k: getattr(settings, k) for k in ("model", "epochs", "batch_size", "lr", "seed")},
-                      **result.details}
+                      **result.method_settings}
         extra = spec.outputs(result, ds, labels, truth)
         with run.write_stage("train", started=started) as w:
             for p in files + read:

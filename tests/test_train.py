@@ -201,7 +201,8 @@ def test_missing_stale_or_wrong_prune_stage_is_one_clear_line(pruned_digits, tmp
     assert cli("noise", stale, "--kind", "symmetric", "--rate", 0.4, "--seed", 7)[0] == 0  # new labels
     code, out, err = cli("train", stale, "--method", "standard")
     assert code == 2 and "stale" in err and len(err.strip().splitlines()) == 1
-    for bad in (("--method", "mixup"), ("--subset", "some"), ("--forget-rate", 1.5), ("--epochs", 0)):
+    for bad in (("--method", "mixup"), ("--subset", "some"), ("--method", "coteaching", "--forget-rate", 1.5),
+                ("--epochs", 0)):
         code, out, err = cli("train", stale, *bad)
         assert code == 2 and len(err.strip().splitlines()) == 1, bad
     assert not (run / "train").exists() and not (stale / "train").exists()

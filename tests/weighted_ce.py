@@ -39,4 +39,4 @@ class WeightedCETraining(TrainingMethod):
     Options = WeightedCEOptions
 
     def prepare(self, options, job):
-        return Plan(rows=job.rows, step=WeightedCE(options.weight), details={"weight": options.weight})
+        return Plan(rows=job.rows, step=WeightedCE(options.weight), method_settings={"weight": options.weight})

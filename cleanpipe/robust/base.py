@@ -102,7 +102,7 @@ class Plan:
         int (n,): the rows of ``X`` trained on.
     step : cleanpipe.engine.Method or None
         The loss step (None: the method builds one per network in :meth:`TrainingMethod.train`).
-    details : dict
+    method_settings : dict
         The method's resolved settings (JSON), for the manifest and the resume key.
     config : dict
         Overrides of the engine's :class:`~cleanpipe.engine.TrainConfig` (e.g. plain momentum, an EMA).
@@ -114,7 +114,7 @@ class Plan:
 
     rows: np.ndarray
     step: Any = None
-    details: dict = field(default_factory=dict)
+    method_settings: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     X: np.ndarray | None = None
     labels: np.ndarray | None = None
@@ -155,7 +155,7 @@ class TrainResult:
     rows : np.ndarray
         int (n,): the rows trained on.
     settings : cleanpipe.recipes.FitSettings
-    details : dict
+    method_settings : dict
         The method's resolved settings.
     mean, std : torch.Tensor
         The training rows' normalisation statistics (what predicting on new data needs).
@@ -173,7 +173,7 @@ class TrainResult:
     history: list[dict]
     rows: np.ndarray
     settings: Any
-    details: dict
+    method_settings: dict
     mean: Any
     std: Any
     steps: int
@@ -383,5 +383,6 @@ class Trainer:
         from cleanpipe.engine import device_name
 
         return cls(nets=list(nets), model=model or self.job.settings.model, history=history, rows=plan.rows,
-                   settings=self.job.settings, details=plan.details, mean=self.data.mean.detach().cpu(),
-                   std=self.data.std.detach().cpu(), steps=self.steps, device=device_name(self.device), **extra)
+                   settings=self.job.settings, method_settings=plan.method_settings,
+                   mean=self.data.mean.detach().cpu(), std=self.data.std.detach().cpu(), steps=self.steps,
+                   device=device_name(self.device), **extra)

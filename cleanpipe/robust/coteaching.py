@@ -316,14 +316,15 @@ class CoTeachingTraining(TrainingMethod):
             options = replace(options, forget_rate=_estimate(inputs, key))
         return options, []
 
-    def details(self, options, job: TrainJob) -> dict:
+    def resolve(self, options, job: TrainJob) -> dict:
+        """The settings this training uses, for the manifest."""
         return {"forget_rate": round(_forget_rate(options), 6), "ramp_epochs": ramp_epochs(job.settings.epochs),
                 "selection": options.selection}
 
     def prepare(self, options, job):
-        d = self.details(options, job)
-        return Plan(rows=job.rows, details=d,
-                    step=CoTeaching(_forget_rate(options), d["ramp_epochs"], job.is_clean, options.selection))
+        used = self.resolve(options, job)
+        step = CoTeaching(_forget_rate(options), used["ramp_epochs"], job.is_clean, options.selection)
+        return Plan(rows=job.rows, method_settings=used, step=step)
 
 
 class CoTeachingPlusTraining(CoTeachingTraining):
@@ -333,10 +334,11 @@ class CoTeachingPlusTraining(CoTeachingTraining):
     def prepare(self, options, job):
         from cleanpipe.recipes import recipe
 
-        d = self.details(options, job)
-        d["init_epoch"] = round(recipe(job.X.shape[1:]).coteaching_plus_start * job.settings.epochs)
-        step = CoTeachingPlus(_forget_rate(options), d["ramp_epochs"], d["init_epoch"], job.is_clean, options.selection)
-        return Plan(rows=job.rows, details=d, step=step)
+        used = self.resolve(options, job)
+        used["init_epoch"] = round(recipe(job.X.shape[1:]).coteaching_plus_start * job.settings.epochs)
+        step = CoTeachingPlus(_forget_rate(options), used["ramp_epochs"], used["init_epoch"], job.is_clean,
+                              options.selection)
+        return Plan(rows=job.rows, method_settings=used, step=step)
 
 
 class IncvCoTeachingTraining(CoTeachingTraining):
@@ -365,10 +367,10 @@ class IncvCoTeachingTraining(CoTeachingTraining):
             raise ParameterError("candidates", "and eval_ratio are needed: INCV's candidate set and noise-rate estimate")
         if options.forget_rate is None:
             options = replace(options, forget_rate=incv_forget_rate(options.eval_ratio, job.n_classes, options.symmetric))
-        d = self.details(options, job)
+        used = self.resolve(options, job)
         high = not options.symmetric or options.eval_ratio > 0.6
-        d["warmup_epochs"] = round(job.settings.epochs * (0.4 if high else 0.2))  # 80 or 40 of 200 epochs
-        d["n_candidates"] = int(len(options.candidates))
-        step = IncvCoTeaching(options.forget_rate, job.rows, options.candidates, d["warmup_epochs"], d["ramp_epochs"],
-                              job.is_clean, n_rows=len(job.X), selection=options.selection)
-        return Plan(rows=job.rows, details=d, step=step)
+        used["warmup_epochs"] = round(job.settings.epochs * (0.4 if high else 0.2))  # 80 or 40 of 200 epochs
+        used["n_candidates"] = int(len(options.candidates))
+        step = IncvCoTeaching(options.forget_rate, job.rows, options.candidates, used["warmup_epochs"],
+                              used["ramp_epochs"], job.is_clean, n_rows=len(job.X), selection=options.selection)
+        return Plan(rows=job.rows, method_settings=used, step=step)

@@ -514,8 +514,7 @@ class L2ROptions:
         "IEG/L2R learning rate: onecycle | restarts (the paper's cosine restarts, for long runs)."))
 
     def __post_init__(self) -> None:
-        check_number(self.probe_per_class, "probe_per_class", low=1)
-        check_number(self.ema, "ema", low=0.0, high=1.0, high_open=True)
+        check_number(self.probe_per_class, "probe_per_class", low=1)  # ema: the engine's TrainConfig checks it
         check_number(self.meta_stepsize, "meta_stepsize", low=0.0, low_open=True)
         check_choice(self.route, "route", ROUTES)
         check_choice(self.schedule, "schedule", SCHEDULES)
@@ -626,23 +625,24 @@ class L2RTraining(TrainingMethod):
         return choose_probe(rows, labels, options.probe_per_class, job.n_classes, job.settings.seed, source=source,
                             class_names=job.class_names)
 
-    def details(self, options, probe) -> dict:
+    def resolve(self, options, probe) -> dict:
+        """The settings this training uses, for the manifest."""
         v = option_values(options)
         return {"probe_size": int(len(probe[0])), **{k: v[k] for k in ("probe_per_class", "ema", "meta_stepsize",
                                                                         "route", "schedule")}}
 
-    def step(self, options, job, probe, details):
+    def step(self, options, job, probe, used):
         return L2R(probe[0], probe[1], len(job.X), meta_stepsize=options.meta_stepsize, route=options.route,
                    is_clean=job.is_clean)
 
     def prepare(self, options, job):
         probe = self.probe(options, job)
-        details = self.details(options, probe)
-        step = self.step(options, job, probe, details)
+        used = self.resolve(options, probe)
+        step = self.step(options, job, probe, used)
         # IEG's recipe: plain momentum (its look-ahead reads the buffer) and the EMA.
         config = dict(nesterov=False, schedule=options.schedule, ema=options.ema)
         rows = np.setdiff1d(job.rows, probe[0])  # trusted examples are never training data
-        return Plan(rows=rows, step=step, details=details, config=config,
+        return Plan(rows=rows, step=step, method_settings=used, config=config,
                     state={"probe": probe, "key_arrays": probe})
 
     def train(self, trainer, options, plan):
@@ -673,17 +673,17 @@ class IegTraining(L2RTraining):
     summary = "L2R's weights plus meta re-labeling, MixUp with the probe and weak/strong consistency (Zhang et al. 2020)"
     Options = IegOptions
 
-    def details(self, options, probe):
+    def resolve(self, options, probe):
         return {"probe_size": int(len(probe[0])), **{k: v for k, v in option_values(options).items() if k != "probe_labels"}}
 
-    def step(self, options, job, probe, details):
+    def step(self, options, job, probe, used):
         from cleanpipe.recipes import recipe
 
         r = recipe(job.X.shape[1:])
         policy = r.ieg_policy if options.policy == "auto" else options.policy
         k = r.ieg_consistency if options.consistency_factor is None else options.consistency_factor
         ramp = r.ieg_ramp if options.ramp is None else options.ramp
-        details.update(policy=policy, consistency_factor=k, ramp=ramp)  # the per-data-kind defaults, resolved
+        used.update(policy=policy, consistency_factor=k, ramp=ramp)  # the per-data-kind defaults, resolved
         return IEG(probe[0], probe[1], len(job.X), ce_factor=options.ce_factor, consistency_factor=k, ramp=ramp,
                    temperature=options.temperature, views=options.views, mixup=options.mixup,
                    meta_stepsize=options.meta_stepsize, policy=policy, route=options.route, is_clean=job.is_clean)

@@ -311,7 +311,7 @@ class NoisyStudentOptions:
         check_choice(self.balance_to, "balance_to", ("prior", "uniform"))
         check_number(self.max_copies, "max_copies", low=1)
         check_number(self.unlabeled_weight, "unlabeled_weight", low=0.0, low_open=True)
-        for name in ("label_smoothing", "dropout", "stochastic_depth", "ema"):
+        for name in ("label_smoothing", "dropout", "stochastic_depth"):  # ema: the engine's TrainConfig checks it
             check_number(getattr(self, name), name, low=0.0, high=1.0, high_open=True)
         check_choice(self.policy, "policy", POLICIES)
         if self.unlabeled is not None and not Path(self.unlabeled).exists():
@@ -417,7 +417,7 @@ class NoisyStudentTraining(TrainingMethod):
             if X_extra.shape[1:] != X.shape[1:]:
                 raise ParameterError("X_extra", f"rows must be shaped like X's {X.shape[1:]}, got {X_extra.shape[1:]}")
             X, labels = np.concatenate([X, X_extra]), np.concatenate([labels, np.zeros(n_extra, np.int64)])
-        details = {"iterations": options.iterations, "student_model": student_model_for(job.settings.model,
+        used = {"iterations": options.iterations, "student_model": student_model_for(job.settings.model,
                                                                                         options.student_model),
                    "threshold": options.threshold, "soft": options.soft, "temperature": options.temperature,
                    "balance": options.balance_to if options.balance else "none", "max_copies": options.max_copies,
@@ -427,11 +427,11 @@ class NoisyStudentTraining(TrainingMethod):
                    "magnitude": options.magnitude, "ema": options.ema, "n_unlabeled_extra": n_extra}
         # The pseudo-labeled set U: the flagged rows, then the extra ones (appended after X's rows).
         pseudo_rows = np.concatenate([flagged, len(job.X) + np.arange(n_extra)]).astype(np.int64)
-        return Plan(rows=job.rows, details=details, config={"ema": options.ema}, X=X, labels=labels,
+        return Plan(rows=job.rows, method_settings=used, config={"ema": options.ema}, X=X, labels=labels,
                     state={"flagged": flagged, "pseudo_rows": pseudo_rows, "key_arrays": [flagged]})
 
     def train(self, trainer, options, plan):
-        job, cfg = trainer.job, trainer.cfg
+        job = trainer.job
         K, n_all = job.n_classes, len(trainer.labels)
         flagged, pseudo_rows, rows = plan.state["flagged"], plan.state["pseudo_rows"], plan.rows
         labels = job.labels
@@ -440,7 +440,7 @@ class NoisyStudentTraining(TrainingMethod):
         base_targets[rows] = targets(np.eye(K, dtype=np.float32)[labels[rows]], soft=False,
                                      smoothing=options.label_smoothing)
         labeled_counts = np.bincount(labels[rows], minlength=K).astype(np.float64)
-        policy, student_model = plan.details["policy"], plan.details["student_model"]
+        policy, student_model = plan.method_settings["policy"], plan.method_settings["student_model"]
         seed = job.settings.seed
 
         def build(noise: bool):
@@ -461,7 +461,7 @@ class NoisyStudentTraining(TrainingMethod):
             first_probs = probs if first_probs is None else first_probs
             pseudo_label, confidence, _ = decide(given, probs, options.threshold)
             usable = confidence >= options.threshold
-            per_class = balance_targets(plan.details["balance"], int(usable.sum()), labeled_counts)
+            per_class = balance_targets(plan.method_settings["balance"], int(usable.sum()), labeled_counts)
             if per_class is None:
                 copies = usable.astype(np.int64)
             else:

@@ -134,8 +134,8 @@ def train_model(
         raise CleanpipeError(f"only {len(plan.rows)} training example(s) left; nothing to train on")
     key = b""
     if resume_dir is not None:  # what makes the result: a checkpoint made from anything else is not resumed
-        h = hashlib.sha256(json.dumps({"method": spec.name, "settings": settings.as_dict(), "details": plan.details},
-                                      sort_keys=True, default=str).encode())
+        made_of = {"method": spec.name, "settings": settings.as_dict(), "method_settings": plan.method_settings}
+        h = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
         for a in (plan.rows, job.labels, plan.labels, *plan.state.get("key_arrays", ())):
             if a is not None:
                 h.update(np.ascontiguousarray(a).tobytes())
