@@ -63,7 +63,8 @@ def user_errors(fn: Callable) -> Callable:
                     raise ParameterError(name, f"must be between 0 and 2**32 - 1, got {kwargs[name]}")
             return fn(*args, **kwargs)
         except ParameterError as e:
-            err_console.print(f"[bold red]error:[/] {e.render(_flags(wrapper).get(e.parameter, e.parameter))}")
+            flag = _flags(wrapper).get(e.parameter) or _flags(train).get(e.parameter, e.parameter)  # train's: run uses them
+            err_console.print(f"[bold red]error:[/] {e.render(flag)}")
             raise typer.Exit(2) from None
         except CleanpipeError as e:
             err_console.print(f"[bold red]error:[/] {e}")
@@ -86,6 +87,17 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """Find label errors in classification datasets and train models that survive them."""
+
+
+def _recipe_help(stage: str, field: str) -> str:
+    """A recipe's value per kind of data, for --help (``cleanpipe.recipes`` is the one table)."""
+    from cleanpipe.recipes import RECIPES
+
+    def value(fit):
+        v = getattr(fit, field)
+        return ("0.1 SGD" if fit.optimizer == "sgd" else "2e-3 AdamW") if v is None else f"{v:g}"
+
+    return ", ".join(f"{kind.value} {value(getattr(r, stage))}" for kind, r in RECIPES.items())
 
 
 # ---- shared options ----------------------------------------------------------------------
@@ -228,9 +240,9 @@ def crossval(
     run_dir: Path = RunArg,
     model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
     n_folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per fold (default per dataset: digits 20, 28x28 grey 10, colour 30, tables 40)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per dataset)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 0.1 SGD, 2e-3 AdamW)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs per fold (default {_recipe_help('crossval', 'epochs')})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('crossval', 'batch_size')})."),
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('crossval', 'lr')})."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
@@ -479,7 +491,8 @@ def _method_options() -> dict[str, inspect.Parameter]:
             help_text = " ".join(o[1].metadata["cli"]["help"] for o in owners)
         if default is None and hint in (int, float, str, bool):
             hint = Optional[hint]
-        option = typer.Option(default, flag, help=help_text, rich_help_panel=spec.title, **meta)
+        panel = " / ".join(dict.fromkeys(o[0].title for o in owners))  # a shared flag sits under every owner's name
+        option = typer.Option(default, flag, help=help_text, rich_help_panel=panel, **meta)
         params[name] = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint)
     return params
 
@@ -514,9 +527,9 @@ def train(
     method: str = typer.Option("standard", "--method", help=_methods_help()),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default: digits 30, 28x28 grey 20, colour 100, tables 60)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default per data kind: digits 64, 28x28 grey 256, colour 512)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default per data kind)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs (default {_recipe_help('train', 'epochs')})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('train', 'batch_size')})."),
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('train', 'lr')})."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -654,7 +667,7 @@ def run_all(
     rate: float = typer.Option(0.4, "--rate", "-r", help="Synthetic noise rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
     model: str = typer.Option("auto", "--model", "-m", help="Model for cross-validation (see `cleanpipe crossval --help`)."),
-    folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
+    n_folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
     method: str = typer.Option("coteaching", "--method", help=f"Training method: {_methods_help()} (see `cleanpipe train --help`)."),
@@ -686,7 +699,7 @@ def run_all(
     spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
     _set_threads(threads)
     with RichProgress(console) as progress:
-        result = run_pipeline(run, spec, kind=kind, rate=rate, seed=seed, model=model, folds=folds, device=device,
+        result = run_pipeline(run, spec, kind=kind, rate=rate, seed=seed, model=model, folds=n_folds, device=device,
                               method=method, prune_method=prune_method, progress=progress,
                               on_stage=lambda name, stage: _print_stage(run_dir, name, stage))
     pm, tm = result.prune.manifest["metrics"], result.train_manifest["metrics"]

@@ -23,8 +23,8 @@ class DataKind(str, Enum):
     """What the recipes are keyed by (see :func:`data_kind`)."""
 
     SMALL = "small"  # images of at most 16 px a side (scikit-learn's 8x8 digits)
-    GREY = "grey"  # one-channel images above 16 px (MNIST)
-    COLOUR = "colour"  # images of several channels above 16 px (CIFAR)
+    GREY = "grey"  # images above 16 px that are not RGB: one channel (MNIST), or 2, 4, ... (npz arrays)
+    COLOUR = "colour"  # RGB images above 16 px (CIFAR)
     TABLE = "table"  # feature vectors
 
 
@@ -34,7 +34,8 @@ def data_kind(input_shape: tuple[int, ...]) -> DataKind:
         return DataKind.TABLE
     if min(input_shape[1:]) <= 16:
         return DataKind.SMALL
-    return DataKind.GREY if input_shape[0] == 1 else DataKind.COLOUR
+    # kornia's colour augmentations (AutoAugment) and the CIFAR networks are for RGB only.
+    return DataKind.COLOUR if input_shape[0] == 3 else DataKind.GREY
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def read_prune_outputs(run: Run, n: int, need: str) -> PruneOutputs:
     if need == "incv":
         sets = run.path("prune", "incv_sets.npz")
         if method != "incv":
-            raise CleanpipeError(f"--method incv-coteaching needs an INCV prune stage; run `cleanpipe prune {run.root} --method incv` first")
+            raise CleanpipeError(f"this training method reads INCV's sets; run `cleanpipe prune {run.root} --method incv` first")
         if not sets.is_file():
             raise CleanpipeError(f"{run.root}: the INCV prune stage predates incv_sets.npz; re-run `cleanpipe prune {run.root} --method incv`")
         with np.load(sets, allow_pickle=False) as z:
@@ -100,7 +100,8 @@ def run_train_stage(run: Run, method: str = "standard", *, options=None, subset:
         prune = None if need is None else read_prune_outputs(run, len(labels), need)
         if prune is not None:
             files += [run.path("prune", name) for name in ("keep_mask.npy", "label_issues.csv")]
-        inputs = RunInputs(ds, labels, truth, prune, subset, seed, run.root)
+            files += [run.path("prune", "incv_sets.npz")] if need == "incv" else []
+        inputs = RunInputs(ds, labels, truth, prune, subset, run.root)
         options, read = spec.from_run(options, inputs)
         settings = fit_settings("train", ds.input_shape, source=data_spec.source, model=model, epochs=epochs,
                                 batch_size=batch_size, lr=lr, seed=seed)

@@ -7,6 +7,7 @@ parameter to the flag it came from (``--epochs must be at least 1, got 0``) in i
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterable
 
 from cleanpipe.errors import CleanpipeError
@@ -55,7 +56,7 @@ def check_number(value, name: str, *, low: float | None = None, high: float | No
     """
     bad = (low is not None and (value < low or (low_open and value == low))) or (
         high is not None and (value > high or (high_open and value == high)))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or bad:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or bad:
         if low is not None and high is not None:
             rule = f"must lie in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
         elif low == 0 and low_open:

@@ -16,6 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,11 +40,12 @@ def main() -> None:
     ds = load_dataset(DataSpec("mnist", path=str(args.data.resolve())))
     dev = resolve_device(args.device)
     settings = fit_settings("train", ds.input_shape, source="mnist", epochs=args.epochs + 1)
-    truth = ds.y_train  # clean labels: the probe methods draw their 10 trusted images per class from them
+    # The probe methods draw their 10 trusted images per class from the clean labels.
+    trusted = dict(probe_per_class=10, trusted_rows=np.arange(len(ds.y_train)), trusted_labels=ds.y_train)
     methods = {"standard": None, "coteaching": CoTeachingOptions(forget_rate=0.5),
                "coteaching-plus": CoTeachingOptions(forget_rate=0.5),
-               "l2r": L2ROptions(probe_per_class=10), "ieg": IegOptions(probe_per_class=10),
-               "ieg-autograd": IegOptions(probe_per_class=10, route="autograd")}
+               "l2r": L2ROptions(**trusted), "ieg": IegOptions(**trusted),
+               "ieg-autograd": IegOptions(**trusted, route="autograd")}
     if args.methods:
         methods = {k: v for k, v in methods.items() if k in args.methods or k == "standard"}
 
@@ -59,7 +62,7 @@ def main() -> None:
     for name, options in methods.items():
         clock = EpochClock()
         result = train_model(ds.X_train, ds.y_train, method=name.removesuffix("-autograd"), options=options,
-                             settings=settings, truth=truth, device=args.device, progress=clock)
+                             settings=settings, device=args.device, progress=clock)
         steps[name] = result.steps // settings.epochs
         results[name] = (clock.marks[-1] - clock.marks[0]) / (steps[name] * args.epochs)  # epochs 2.. only
     print(f"MNIST-10k, {settings.model}, batch {settings.batch_size}, {steps['standard']} steps per epoch, "

@@ -205,3 +205,32 @@ def test_cli_errors_name_the_flag_and_python_errors_the_parameter(tmp_path, cli)
     with pytest.raises(ParameterError, match="^route must be"):
         IegOptions(route="finite")
     assert not os.path.exists(run / "train")
+
+
+def test_numpy_numbers_are_numbers_and_images_must_be_bytes(digits):
+    ds, noisy = digits
+    assert CoTeachingOptions(forget_rate=np.float32(0.3)).forget_rate == pytest.approx(0.3)
+    assert fit_settings("train", (1, 8, 8), epochs=np.int64(2)).epochs == 2
+    with pytest.raises(ParameterError, match="images must be uint8"):
+        train_model(ds.X_train / 255.0, noisy, settings=_settings(epochs=1), device="cpu")
+
+
+def test_channels_other_than_rgb_take_the_grey_row():
+    from cleanpipe.recipes import DataKind, auto_model, data_kind
+
+    assert data_kind((4, 32, 32)) == DataKind.GREY and auto_model((4, 32, 32)) == "small_cnn"
+    assert data_kind((3, 16, 16)) == DataKind.SMALL  # tiny images, whatever their channels
+
+
+def test_noisy_student_never_trains_on_the_rows_it_pseudo_labels(digits):
+    ds, noisy = digits
+    flagged = np.arange(100)
+    result = train_model(ds.X_train, noisy, method="noisy-student",  # rows: all, flagged included
+                         options=NoisyStudentOptions(iterations=1, unlabeled_rows=flagged), settings=_settings(epochs=1),
+                         device="cpu")
+    assert not set(result.rows) & set(flagged) and len(result.rows) == len(noisy) - 100
+
+
+def test_run_names_its_own_flags_in_errors(tmp_path, cli):
+    code, _, err = cli("run", tmp_path / "r", "--folds", 1, "--device", "cpu")
+    assert code == 2 and "--folds must be at least 2" in err and "n_folds" not in err

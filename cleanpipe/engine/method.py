@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+from cleanpipe.lazy import lazy_module
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+nn = lazy_module("torch.nn")
 
 
 @dataclass

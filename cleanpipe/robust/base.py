@@ -28,9 +28,6 @@ import numpy as np
 from cleanpipe.errors import CleanpipeError
 
 CHECKPOINT_EVERY_S = 30.0  # an interrupted training resumes from its last checkpoint (see engine.fit)
-# Per-epoch numbers a method reports that go into the history beside loss and accuracy.
-HISTORY_EXTRAS = ("forget_rate", "pure_ratio", "mean_weight", "zero_weight_share", "pseudo_label_share",
-                  "mean_weight_clean", "mean_weight_noisy", "pseudo_share", "pseudo_agreement")
 
 
 def cli_option(help: str, flag: str | None = None, **typer_kwargs) -> dict:
@@ -88,7 +85,6 @@ class RunInputs:
     truth: np.ndarray | None  # int64 (N,) when the run injected its noise
     prune: PruneOutputs | None
     subset: str
-    seed: int
     root: Path
 
 
@@ -199,7 +195,6 @@ class TrainingMethod:
     n_nets: ClassVar[int] = 1
     Options: ClassVar[type] = NoOptions
     subsets: ClassVar[tuple[str, ...]] = ("kept", "all")
-    outputs_written: ClassVar[tuple[str, ...]] = ()  # extra files in RUN/train/
 
     # ---- what it needs from a run (the train stage asks) ------------------------------------------
     def check_subset(self, subset: str) -> None:
@@ -350,7 +345,7 @@ class Trainer:
                 row["test_accuracy"] = round(test_acc[0], 6)
             if len(test_acc) > 1:
                 row["test_accuracy_peer"] = round(test_acc[1], 6)
-            row.update({k: v for k, v in m.items() if k in HISTORY_EXTRAS})
+            row.update({k: v for k, v in m.items() if k not in ("loss", "train_accuracy", "lr")})  # the method's
             row["lr"] = round(m["lr"], 8)
             row["seconds"] = round(time.perf_counter() - epoch_started[0], 3)
             epoch_started[0] = time.perf_counter()

@@ -19,7 +19,7 @@ where the reference code differs or is silent:
   near 20-30% test accuracy). Here each example is ranked by the quantile of its loss *within its
   given label's class* in the batch, the loss breaking ties, and the ``n_keep`` lowest are kept: the
   same number as the papers' rule, spread over the classes in proportion to their share of the
-  batch. Measured on MNIST-10k in batches of 256 (``pipelines/bench_mnist.py``, README), batch-wide ->
+  batch. Measured on MNIST-10k in batches of 256 (``pipelines/bench_mnist.py``, docs/benchmarks.md), batch-wide ->
   class-balanced: symmetric 50% 87.5% -> 97.1%, symmetric 80% 20.7% -> 93.3%, pair-flip 45% 87.7% -> 93.3%.
 - Selection is computed without host synchronisation (ranks and masks, no ``.item()``).
 """
@@ -29,13 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from cleanpipe.lazy import lazy_module
 
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.robust.base import Plan, RunInputs, TrainJob, TrainingMethod, cli_option, data_input
 from cleanpipe.validation import ParameterError, check_choice, check_number
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 SELECTIONS = ("class", "batch")
 

@@ -42,16 +42,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, jvp
+from cleanpipe.lazy import lazy_module
 
-from cleanpipe.engine.data import StrongView
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.robust.base import Plan, TrainingMethod, cli_option, data_input, option_values
 from cleanpipe.validation import ParameterError, check_choice, check_number
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+nn = lazy_module("torch.nn")
+torch_func = lazy_module("torch.func")
 
 ROUTES = ("jvp", "autograd")
 
@@ -187,7 +188,7 @@ def meta_gradients(
 
     def probe_loss(new: dict[str, torch.Tensor]) -> torch.Tensor:
         with frozen_batchnorm(net):
-            z = _full(functional_call(net, {**new, **buffers}, (x_probe,)))
+            z = _full(torch_func.functional_call(net, {**new, **buffers}, (x_probe,)))
         reg = sum(weight_decay.get(n, 0.0) / 2 * new[n].pow(2).sum() for n in names)
         return F.cross_entropy(z, y_probe) + reg
 
@@ -216,10 +217,10 @@ def meta_gradients(
     v = torch.autograd.grad(probe_loss(new), [new[n] for n in names])
 
     def batch_logits(*ps):
-        return _full(functional_call(net, {**dict(zip(names, ps)), **buffers}, (x,)))
+        return _full(torch_func.functional_call(net, {**dict(zip(names, ps)), **buffers}, (x,)))
 
     with frozen_batchnorm(net):
-        z, dz = jvp(batch_logits, tuple(p.detach() for p in params), tuple(t.detach() for t in v))
+        z, dz = torch_func.jvp(batch_logits, tuple(p.detach() for p in params), tuple(t.detach() for t in v))
     q = torch.softmax(z, dim=1)
     grad_w = -alpha * ((q - target0) * dz).sum(1)
     grad_eps = None if eps0 is None else -alpha * w0 * ((pseudo - y1) * dz).sum(1)
@@ -414,6 +415,8 @@ class IEG(_ProbeMethod):
     def bind(self, data, augment, optimizer) -> None:
         super().bind(data, augment, optimizer)
         # The policy, then pad-crop and flips as the weak view, then Cutout of half the side; tables get noise.
+        from cleanpipe.engine.data import StrongView
+
         self._strong_aug = StrongView(data, self.policy, flip=bool(augment and augment.flip))
 
     def _strong_view(self, step: Step) -> torch.Tensor:
@@ -601,7 +604,6 @@ class L2RTraining(TrainingMethod):
     summary = "per-example weights from a small trusted probe set's loss after a look-ahead step (Ren et al. 2018)"
     title = "IEG / L2R"
     Options = L2ROptions
-    outputs_written = ("example_weights.csv", "probe.csv")
 
     def from_run(self, options, inputs):
         from cleanpipe.labels import read_partial_labels

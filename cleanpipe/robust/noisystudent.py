@@ -17,7 +17,7 @@ loss step :class:`NoisyStudentLoss`, and the registry entry :class:`NoisyStudent
 
 Loss (the paper's code: "concatenate and average"): the mean over the batch of per-example cross-entropies,
 labeled rows against their label smoothed by 0.1, pseudo-labeled rows against the teacher's soft
-distribution (or its smoothed argmax with ``--hard``), the latter times ``unl_weight`` (1). With U
+distribution (or its smoothed argmax with ``--hard``), the latter times ``unlabeled_weight`` (1). With U
 merged into the training stream this is the repository's ``lab_loss + r * unl_loss`` normalised by
 the labeled batch, up to the constant (1 + r).
 """
@@ -28,14 +28,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from cleanpipe.lazy import lazy_module
 
-from cleanpipe.engine.data import StrongView
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.robust.base import Plan, TrainingMethod, TrainResult, cli_option, data_input
 from cleanpipe.validation import ParameterError, check_choice, check_number
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 DECISIONS = ("relabel", "confirm", "unresolved")
 BALANCES = ("none", "prior", "uniform")
@@ -160,8 +161,8 @@ class NoisyStudentLoss(Method):
         float32 (N, K): the target of every row the engine may draw (labeled rows: the smoothed given
         label; pseudo-labeled rows: the teacher's target); rows never drawn may hold anything.
     pseudo : np.ndarray
-        bool (N,): rows whose target is a pseudo label (weighted by ``unl_weight``, counted apart).
-    unl_weight : float
+        bool (N,): rows whose target is a pseudo label (weighted by ``unlabeled_weight``, counted apart).
+    unlabeled_weight : float
     noise : bool
         Train on the strong view (the student); off for the first teacher.
     policy : {'randaugment', 'autoaugment', 'table'}
@@ -172,21 +173,23 @@ class NoisyStudentLoss(Method):
         RandAugment's magnitude (kornia's 0-30 scale).
     """
 
-    def __init__(self, target_table: np.ndarray, pseudo: np.ndarray, *, unl_weight: float = 1.0,
+    def __init__(self, target_table: np.ndarray, pseudo: np.ndarray, *, unlabeled_weight: float = 1.0,
                  noise: bool = True, policy: str = "randaugment", cutout: float = 0.5, magnitude: float = 10.0) -> None:
         self.target_table = np.asarray(target_table, dtype=np.float32)
         self.pseudo = np.asarray(pseudo, dtype=bool)
-        self.unl_weight, self.noise, self.policy, self.cutout = float(unl_weight), bool(noise), policy, float(cutout)
+        self.unlabeled_weight, self.noise, self.policy, self.cutout = float(unlabeled_weight), bool(noise), policy, float(cutout)
         self.magnitude = float(magnitude)
         self._view = None
 
     def bind(self, data, augment, optimizer) -> None:
         dev = data.device
         self._targets = torch.as_tensor(self.target_table, device=dev)
-        self._weights = torch.as_tensor(np.where(self.pseudo, self.unl_weight, 1.0).astype(np.float32), device=dev)
+        self._weights = torch.as_tensor(np.where(self.pseudo, self.unlabeled_weight, 1.0).astype(np.float32), device=dev)
         self._is_pseudo = torch.as_tensor(self.pseudo, device=dev)
         if self.noise:
             # Tables ignore the policy: their strong view is noise on the features.
+            from cleanpipe.engine.data import StrongView
+
             self._view = StrongView(data, self.policy, flip=bool(augment and augment.flip), cutout=self.cutout,
                                     magnitude=self.magnitude)
         self._sums = torch.zeros(2, device=dev)
@@ -378,13 +381,11 @@ class NoisyStudentTraining(TrainingMethod):
                "relabels the flagged examples (Xie et al. 2020)")
     title = "Noisy Student"
     Options = NoisyStudentOptions
-    subsets = ("kept",)
-    outputs_written = ("relabel.csv", "relabel_probs.npz")
 
     def check_subset(self, subset):
         if subset != "kept":
-            raise ParameterError("subset", "all: noisy-student trains on the kept examples and relabels the flagged "
-                                 "ones; drop {name} all")
+            raise ParameterError("subset", "{name} all: noisy-student trains on the kept examples and relabels the "
+                                 "flagged ones; drop {name} all")
 
     def prune_needed(self, options, subset):
         return "any"
@@ -427,7 +428,8 @@ class NoisyStudentTraining(TrainingMethod):
                    "magnitude": options.magnitude, "ema": options.ema, "n_unlabeled_extra": n_extra}
         # The pseudo-labeled set U: the flagged rows, then the extra ones (appended after X's rows).
         pseudo_rows = np.concatenate([flagged, len(job.X) + np.arange(n_extra)]).astype(np.int64)
-        return Plan(rows=job.rows, method_settings=used, config={"ema": options.ema}, X=X, labels=labels,
+        rows = np.setdiff1d(job.rows, flagged)  # a pseudo-labeled row is not also a labeled one
+        return Plan(rows=rows, method_settings=used, config={"ema": options.ema}, X=X, labels=labels,
                     state={"flagged": flagged, "pseudo_rows": pseudo_rows, "key_arrays": [flagged]})
 
     def train(self, trainer, options, plan):
@@ -477,7 +479,7 @@ class NoisyStudentTraining(TrainingMethod):
             fit_labels[pseudo_rows] = pseudo_label  # what train accuracy is measured against
             student_rows = np.concatenate([rows, np.repeat(pseudo_rows, copies)])
             student_net, model_noise = build(noise=True)
-            step = NoisyStudentLoss(round_targets, is_pseudo, unl_weight=options.unlabeled_weight,
+            step = NoisyStudentLoss(round_targets, is_pseudo, unlabeled_weight=options.unlabeled_weight,
                                     noise=policy != "none", policy=policy, cutout=options.cutout,
                                     magnitude=options.magnitude)
             key = b"".join([b"student", str(it).encode(), pseudo_targets.tobytes(), copies.tobytes()])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.robust.base import TrainJob, TrainResult, TrainingMethod
+from cleanpipe.robust.base import TrainJob, TrainResult, TrainingMethod, option_values
 from cleanpipe.validation import ParameterError
 
 
@@ -17,6 +17,8 @@ def _check_arrays(X, labels, rows, X_test, y_test, n_classes):
     X = np.asarray(X)
     if X.ndim not in (2, 4):
         raise ParameterError("X", f"must be uint8 images (N, C, H, W) or float32 features (N, D), got shape {X.shape}")
+    if X.ndim == 4 and X.dtype != np.uint8:
+        raise ParameterError("X", f"images must be uint8 (0-255), got {X.dtype}; features are 2-D float arrays")
     if X.ndim == 2:
         X = X.astype(np.float32, copy=False)
     labels = np.asarray(labels)
@@ -134,7 +136,8 @@ def train_model(
         raise CleanpipeError(f"only {len(plan.rows)} training example(s) left; nothing to train on")
     key = b""
     if resume_dir is not None:  # what makes the result: a checkpoint made from anything else is not resumed
-        made_of = {"method": spec.name, "settings": settings.as_dict(), "method_settings": plan.method_settings}
+        made_of = {"method": spec.name, "settings": settings.as_dict(), "options": option_values(options),
+                   "method_settings": plan.method_settings}
         h = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode())
         for a in (plan.rows, job.labels, plan.labels, *plan.state.get("key_arrays", ())):
             if a is not None:
