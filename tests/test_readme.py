@@ -1,4 +1,4 @@
-"""README's Python example runs as written (on digits with 20% of the labels flipped)."""
+"""README's Python example runs as written (on 900 digits with 20% of the labels flipped)."""
 
 import re
 from pathlib import Path
@@ -15,6 +15,8 @@ def test_the_python_example_in_the_readme_runs():
     from cleanpipe.data import DataSpec, load_dataset
 
     ds = load_dataset(DataSpec("digits"))
+    n = 900  # of the 1,437 training images: the example's default recipes run in a few seconds
+    ds.X_train, ds.y_train = ds.X_train[:n], ds.y_train[:n]
     rng = np.random.default_rng(0)
     y = ds.y_train.copy()
     flip = rng.random(len(y)) < 0.2
