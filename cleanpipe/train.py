@@ -96,6 +96,8 @@ def run_train_stage(run: Run, method: str = "standard", *, options=None, subset:
             if truth is None:
                 raise CleanpipeError(f"--clean-labels needs a run with synthetic noise (true labels known); {run.root} has none")
             labels = truth
+        settings = fit_settings("train", ds.input_shape, source=data_spec.source, model=model, epochs=epochs,
+                                batch_size=batch_size, lr=lr, seed=seed)  # bad settings fail before any reading
         need = spec.prune_needed(options, subset)
         prune = None if need is None else read_prune_outputs(run, len(labels), need)
         if prune is not None:
@@ -103,8 +105,6 @@ def run_train_stage(run: Run, method: str = "standard", *, options=None, subset:
             files += [run.path("prune", "incv_sets.npz")] if need == "incv" else []
         inputs = RunInputs(ds, labels, truth, prune, subset, run.root)
         options, read = spec.from_run(options, inputs)
-        settings = fit_settings("train", ds.input_shape, source=data_spec.source, model=model, epochs=epochs,
-                                batch_size=batch_size, lr=lr, seed=seed)
         result = train_model(ds.X_train, labels, spec.training_rows(inputs), method=spec, options=options,
                              X_test=ds.X_test, y_test=ds.y_test, settings=settings, class_names=ds.class_names,
                              truth=truth, device=device, resume_dir=run.path("train", "resume"), progress=progress)
