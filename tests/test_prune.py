@@ -156,3 +156,28 @@ def test_cl_table2_script_smoke(tmp_path, tiny_cifar10):
         assert (run / f"prune-{m}" / "keep_mask.npy").is_file()
         assert (run / f"train-{m}" / "model.pt").is_file()  # Co-teaching on each method's kept data
     assert "| noise0.4_sparsity0.2 | cl-pbnr |" in proc.stdout
+
+
+def test_rows_within_two_percent_of_one_are_renormalised_with_a_note(tmp_path, cli):
+    """Probabilities from another framework, rounded to float16 and off by up to 1.5%, are renormalised."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    probs = rng.dirichlet(np.ones(4) * 0.3, 400)
+    probs[np.arange(400), labels] += 2.0
+    probs /= probs.sum(1, keepdims=True)
+    scale = 1 - 0.015 * (np.arange(400) % 2)  # every other row sums to 0.985
+    off = (probs * scale[:, None]).astype(np.float16)
+    np.save(tmp_path / "probs.npy", off)
+    np.save(tmp_path / "labels.npy", labels)
+    code, out, err = cli("prune", tmp_path / "r", "--pred-probs", tmp_path / "probs.npy", "--labels", tmp_path / "labels.npy")
+    assert code == 0, err
+    import re
+
+    assert "renormalised" in out  # the summary says so; the manifest keeps the note whole
+    note = json.loads((tmp_path / "r" / "prune" / "manifest.json").read_text())["parameters"]["renormalised"]
+    moved = int(re.search(r"renormalised ([0-9,]+) row\(s\)", note).group(1).replace(",", ""))
+    assert 200 <= moved <= 400  # the scaled rows, and float16's rounding of the others
+    assert float(re.search(r"largest deviation from 1: ([0-9.]+)", note).group(1)) == pytest.approx(0.015, abs=2e-3)
+    np.save(tmp_path / "far.npy", (probs * 0.97).astype(np.float32))  # 3% off: not probabilities
+    code, out, err = cli("prune", tmp_path / "r2", "--pred-probs", tmp_path / "far.npy", "--labels", tmp_path / "labels.npy")
+    assert code == 2 and "sums to 0.97" in err and not (tmp_path / "r2").exists()
