@@ -616,7 +616,7 @@ class L2RTraining(TrainingMethod):
             raise CleanpipeError(
                 f"{inputs.root} has no known clean labels for IEG/L2R's probe set; pass --probe-labels FILE "
                 "(a CSV with id,label columns, or a JSON {id: label}, for a few hand-checked examples per class)")
-        return replace(options, trusted_rows=np.arange(len(inputs.truth)), trusted_labels=inputs.truth), []
+        return options, []  # the probe is drawn from the run's true labels (train_model's truth)
 
     def probe(self, options, job) -> tuple[np.ndarray, np.ndarray]:
         rows, labels, source = options.trusted_rows, options.trusted_labels, str(options.probe_labels or "the trusted labels")
