@@ -15,7 +15,7 @@ its reason and the command that measured it here, beside its value.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 
@@ -247,7 +247,3 @@ def fit_settings(stage: str, input_shape: tuple[int, ...], *, source: str | None
     base.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**base)
 
-
-def with_overrides(settings: FitSettings, **overrides) -> FitSettings:
-    """``settings`` with the overrides that are not None (validated again)."""
-    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

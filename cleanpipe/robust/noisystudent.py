@@ -328,8 +328,8 @@ def student_policy(input_shape: tuple[int, ...], policy: str = "auto") -> str:
     from cleanpipe.recipes import recipe
 
     default = recipe(input_shape).student_policy
-    if policy == "none" or default == "table":
-        return policy if policy == "none" else "table"
+    if policy == "none" or default == "table":  # tables' noise is on features, whatever the image policy
+        return "none" if policy == "none" else "table"
     return default if policy == "auto" else policy
 
 
