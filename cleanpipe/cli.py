@@ -105,7 +105,7 @@ def _recipe_help(stage: str, field: str) -> str:
 RunArg = typer.Argument(..., metavar="RUN", help="Run directory (created if missing).", show_default=False)
 DatasetOpt = typer.Option(None, "--dataset", "-d", help="Data source: digits, mnist, cifar10, cifar100, folder, table, npz (see `cleanpipe datasets`).", rich_help_panel="Data")
 DataOpt = typer.Option(None, "--data", help="File or directory the source reads.", rich_help_panel="Data")
-TestFractionOpt = typer.Option(0.2, "--test-fraction", help="Held-out test share when the source has no test files.", rich_help_panel="Data")
+TestFractionOpt = typer.Option(0.2, "--test-fraction", help="Held-out test share when the source has no test files; 0 holds nothing out, so every example is checked for label errors (no test accuracy).", rich_help_panel="Data")
 SplitSeedOpt = typer.Option(0, "--split-seed", help="Seed of the train/test hold-out split.", rich_help_panel="Data")
 ImageSizeOpt = typer.Option(32, "--image-size", help="folder: resize images to this side length.", rich_help_panel="Data")
 LabelColumnOpt = typer.Option("label", "--label-column", help="table: the column holding labels.", rich_help_panel="Data")
@@ -582,18 +582,22 @@ train.__signature__ = inspect.signature(train).replace(parameters=[
     *METHOD_OPTIONS.values()])
 
 
+NOT_SCORED = "test accuracy not measured: the run has no test split (it was made with --test-fraction 0)"
+
+
 def print_train_summary(run_dir: Path, stage) -> None:
     m, p = stage.manifest["metrics"], stage.manifest["parameters"]
     extra = f", forget rate {p['forget_rate']:.3f}" if "forget_rate" in p else ""
     noise = f" (true noise among them {m['train_noise_rate_true']:.1%})" if "train_noise_rate_true" in m else ""
     console.print(
         f"[bold green]train[/] {p['method']} on {m['n_train']:,} examples{noise}, {p['model']}, {p['epochs']} epochs{extra}: "
-        f"test accuracy [bold]{m['test_accuracy']:.4f}[/] on {m['n_test']:,} test examples"
+        + (f"test accuracy [bold]{m['test_accuracy']:.4f}[/] on {m['n_test']:,} test examples" if m["n_test"] else NOT_SCORED)
     )
     if "iterations" in m:  # Noisy Student: one line per network, then the decisions
         for r in m["iterations"]:
             used = "" if r["role"] == "teacher" else f" + {r['n_pseudo']:,} pseudo-labeled"
-            console.print(f"  {r['role']} {r['iteration']}: {r['n_labeled']:,} labeled{used}, test accuracy {r['test_accuracy']:.4f}")
+            acc = "" if r["test_accuracy"] is None else f", test accuracy {r['test_accuracy']:.4f}"
+            console.print(f"  {r['role']} {r['iteration']}: {r['n_labeled']:,} labeled{used}{acc}")
         acc = f"; relabels right {m['relabel_accuracy']:.1%} (true labels)" if m.get("relabel_accuracy") is not None else ""
         console.print(
             f"  flagged {m['n_flagged']:,}: [bold]{m['n_relabel']:,} relabel[/], {m['n_confirm']:,} confirm, "
@@ -656,6 +660,92 @@ def report(
     console.print(f"[bold green]report[/] {stage.html_path} ({len(stage.plots)} plots: {', '.join(stage.plots)})")
 
 
+@app.command()
+@user_errors
+def review(
+    run_dir: Path = RunArg,
+    also: int = typer.Option(0, "--also", help="Add this many of the next-worst examples that were not flagged."),
+) -> None:
+    """A page for deciding on the flagged examples, worst first (opens from disk, no server).
+
+    Writes RUN/review/review.html. For each example: its image (or a table row's values), ID, given
+    and suggested class, label quality; keep the given label ([bold]k[/]), accept the suggestion ([bold]a[/]),
+    choose another class ([bold]c[/]), exclude ([bold]x[/]) or skip ([bold]s[/]). Decisions stay in the browser
+    until [bold]Export[/] downloads corrections.csv (id,decision,label) for `cleanpipe apply`.
+
+    Example: [bold]cleanpipe review runs/demo --also 20[/]   then open runs/demo/review/review.html
+    """
+    from cleanpipe.review import run_review_stage
+    from cleanpipe.run import Run
+
+    stage = run_review_stage(Run(run_dir), also=also)
+    extra = f" + {stage.n_also:,} next-worst" if stage.n_also else ""
+    console.print(f"[bold green]review[/] {stage.html_path}: {stage.n_flagged:,} flagged{extra} examples to decide on "
+                  f"({stage.manifest['metrics']['page_bytes'] / 1e6:.1f} MB, opens from disk)")
+    console.print(f"[dim]open it in a browser, decide, press Export, then: cleanpipe apply {run_dir} corrections.csv --out fixed_labels.csv[/]")
+
+
+@app.command("apply")
+@user_errors
+def apply_(
+    run_dir: Path = RunArg,
+    corrections: Path = typer.Argument(..., metavar="CORRECTIONS.csv", help="The review page's export: id,decision,label.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="The corrected label file to write: .csv (id,label), .npy or .json.", show_default=False),
+) -> None:
+    """Turn review decisions into a label file that --labels reads.
+
+    keep: the given label stands; relabel: the new class; exclude: the example is written with
+    label -1, which every later stage reads as "leave it out" (it is dropped from the training split).
+    Examples not in the file keep their labels. Records counts in RUN/apply/manifest.json.
+
+    Example: [bold]cleanpipe apply runs/demo ~/Downloads/corrections.csv --out fixed_labels.csv[/]
+    """
+    from cleanpipe.corrections import run_apply_stage
+    from cleanpipe.run import Run
+
+    stage = run_apply_stage(Run(run_dir), corrections, out)
+    c = stage.counts
+    console.print(f"[bold green]apply[/] {c['relabel']:,} relabeled ({stage.n_changed:,} changed), {c['keep']:,} kept, "
+                  f"{c['exclude']:,} excluded of {stage.n_examples:,} training examples: wrote {stage.out}")
+    console.print(f"[dim]next: {stage.next_command}[/]")
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Path = RunArg,
+    data: Path = typer.Option(..., "--data", help="New data: a folder of images, a .csv/.parquet table with the run's feature columns, or an .npz with X.", show_default=False),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="How to read --data: folder | table | npz (default: by its form)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Predictions CSV to write (default RUN/predict/predictions.csv)."),
+    probs: bool = typer.Option(False, "--probs", help="Add one p_<class> probability column per class."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model.pt to use (default RUN/train/model.pt)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Label new data with the run's trained model: id, predicted_label, predicted_class, confidence.
+
+    The data must look like the run's: images are resized as the run's were (a folder, any nesting;
+    IDs are relative paths), tables need the run's feature columns (IDs are row numbers), an .npz
+    holds X (and optionally ids).
+
+    Example: [bold]cleanpipe predict runs/demo --data new_images/ --out predictions.csv --probs[/]
+    """
+    from cleanpipe.data.unlabeled import KINDS
+    from cleanpipe.predict import run_predict
+    from cleanpipe.progress import RichProgress
+    from cleanpipe.run import Run
+    from cleanpipe.validation import check_choice
+
+    if dataset is not None:
+        check_choice(dataset, "dataset", KINDS)
+    with RichProgress(console) as progress:
+        stage = run_predict(Run(run_dir), data, kind=dataset, out=out, with_probs=probs, checkpoint=checkpoint,
+                            device=device, progress=progress)
+    top = ", ".join(f"{k} {v:,}" for k, v in sorted(stage.class_counts.items(), key=lambda kv: -kv[1])[:6])
+    console.print(f"[bold green]predict[/] {stage.n:,} examples on {stage.device}: mean confidence {stage.mean_confidence:.3f}; "
+                  f"predicted {top}{', ...' if len(stage.class_counts) > 6 else ''}")
+    console.print(f"[dim]wrote {stage.out}[/]")
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -663,8 +753,8 @@ def run_all(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Data source (see `cleanpipe datasets`); default: the run's own, else digits.", rich_help_panel="Data"),
     data: Optional[Path] = DataOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json).", rich_help_panel="Data"),
-    kind: str = typer.Option("symmetric", "--kind", "-k", help="Synthetic noise kind, or 'none' for data whose labels are already noisy."),
-    rate: float = typer.Option(0.4, "--rate", "-r", help="Synthetic noise rate."),
+    kind: Optional[str] = typer.Option(None, "--kind", "-k", help="Add synthetic noise of this kind (see `cleanpipe noise --help`), or 'none'. Default: symmetric on the embedded demo data, none on your own data (--data/--labels).", show_default=False),
+    rate: Optional[float] = typer.Option(None, "--rate", "-r", help="Synthetic noise rate (default 0.4, with a --kind or on the demo data).", show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
     model: str = typer.Option("auto", "--model", "-m", help="Model for cross-validation (see `cleanpipe crossval --help`)."),
     n_folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
@@ -679,11 +769,13 @@ def run_all(
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
-    Stages: noise (unless --kind none), crossval, prune, train, report. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
+    Stages: noise, crossval, prune, train, report. Synthetic noise is added only to the embedded demo data (40% symmetric) or when --kind is given: your own data is checked with its labels as they are. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
 
     Examples:
 
       [bold]cleanpipe run runs/demo[/]   (digits, 40% symmetric noise, Co-teaching on the kept examples)
+
+      [bold]cleanpipe run runs/mine --dataset table --data my.csv --label-column diagnosis --test-fraction 0[/]   (your labels as they are, every row checked)
 
       [bold]cleanpipe run runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
     """
@@ -704,11 +796,16 @@ def run_all(
                               on_stage=lambda name, stage: _print_stage(run_dir, name, stage))
     pm, tm = result.prune.manifest["metrics"], result.train_manifest["metrics"]
     found = f" (precision {pm['precision']:.2f}, recall {pm['recall']:.2f})" if "precision" in pm else ""
+    labels_were = ("the labels as they are (no synthetic noise added)" if result.kind == "none"
+                   else f"the labels with {result.rate:.0%} synthetic {result.kind} noise added (a benchmark)")
+    scored = (f"test accuracy [bold]{tm['test_accuracy']:.2%}[/] on {tm['n_test']:,}" if tm["n_test"]
+              else "test accuracy not measured (no test split)")
     console.print(
-        f"[bold]done[/]: {pm['n_issues']:,} of {pm['n']:,} labels flagged{found}; "
-        f"{method} on the {tm['n_train']:,} kept: test accuracy [bold]{tm['test_accuracy']:.2%}[/]"
+        f"[bold]done[/] on {labels_were}: {pm['n_issues']:,} of {pm['n']:,} labels flagged{found}; "
+        f"{method} on the {tm['n_train']:,} kept: {scored}"
     )
-    console.print(f"see {result.report} (plots), {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first)")
+    console.print(f"see {result.report} (plots), {run_dir / 'prune' / 'label_issues.csv'} (every example, worst first); "
+                  f"decide on the flagged ones with `cleanpipe review {run_dir}`")
 
 
 def _print_stage(run_dir: Path, name: str, stage) -> None:

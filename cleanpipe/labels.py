@@ -11,6 +11,8 @@ import numpy as np
 from cleanpipe.errors import CleanpipeError
 
 # Column names taken as the label column of a multi-column CSV (case-insensitive), in order.
+# The label of an example left out of every stage (scikit-learn's mark of "unlabeled").
+EXCLUDED = -1
 LABEL_COLUMNS = ("label", "labels", "given_label", "noisy_label", "y")
 ID_COLUMN = "id"
 
@@ -21,6 +23,7 @@ def read_labels(
     n: int | None = None,
     ids: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
+    allow_excluded: bool = False,
 ) -> np.ndarray:
     """Read a label vector.
 
@@ -42,11 +45,15 @@ def read_labels(
         matched by exactly one entry; entries matching no ID are ignored.
     class_names : sequence of str, optional
         Lets labels be given by class name, and bounds them to ``0..len(class_names)-1``.
+    allow_excluded : bool
+        Accept :data:`EXCLUDED` (``-1``, scikit-learn's mark of an unlabeled example) as "leave this
+        example out": what ``cleanpipe apply`` writes for the examples a reviewer excluded.
 
     Returns
     -------
     np.ndarray
-        int64 of shape (N,), each value >= 0 (and < ``len(class_names)`` when given).
+        int64 of shape (N,), each value >= 0 (and < ``len(class_names)`` when given), or ``-1``
+        where ``allow_excluded`` lets it be.
 
     Raises
     ------
@@ -70,7 +77,7 @@ def read_labels(
             f"labels file {path} has {len(raw):,} entries but the dataset's training split has {n:,} examples; "
             "give one label per training example, in its order (or keyed by example ID)"
         )
-    return _to_ids(raw, path, class_names)
+    return _to_ids(raw, path, class_names, allow_excluded)
 
 
 def _read_npy(path: Path, ids, class_names) -> np.ndarray:
@@ -224,8 +231,8 @@ def _suffix_index(keys, wanted: set[str], path: Path) -> dict[str, str]:
     return index
 
 
-def _to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None) -> np.ndarray:
-    """int64 (N,) class ids from integers, whole floats or class names, range-checked."""
+def _to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None, allow_excluded: bool = False) -> np.ndarray:
+    """int64 (N,) class ids from integers, whole floats or class names, range-checked (``-1`` kept if allowed)."""
     raw = np.asarray(raw)
     if raw.dtype.kind in "iu":
         labels = raw.astype(np.int64)
@@ -235,8 +242,11 @@ def _to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None) -> n
         labels = raw.astype(np.int64)
     else:
         labels = _names_to_ids(raw, path, class_names)
-    if len(labels) and labels.min() < 0:
-        raise CleanpipeError(f"labels file {path}: labels must be >= 0, found {labels.min()} at entry {int(labels.argmin())}")
+    bad = labels < (EXCLUDED if allow_excluded else 0)
+    if bad.any():
+        first = int(np.argmax(bad))
+        allowed = " (or -1: leave the example out)" if allow_excluded else ""
+        raise CleanpipeError(f"labels file {path}: labels must be >= 0{allowed}, found {labels[first]} at entry {first}")
     if class_names is not None and len(labels) and labels.max() >= len(class_names):
         raise CleanpipeError(
             f"labels file {path}: label {labels.max()} (entry {int(labels.argmax())}) is out of range; "
@@ -359,10 +369,12 @@ def check_label_path(path: Path, name: str = "path") -> Path:
     return path
 
 
-def write_labels(path: Path, ids: Sequence[str], labels: np.ndarray) -> None:
+def write_labels(path: Path, ids: Sequence[str], labels: np.ndarray, class_names: Sequence[str] | None = None) -> None:
     """Write a label vector that :func:`read_labels` reads back, by the suffix of ``path``, atomically.
 
-    ``.npy``: int64 by row; ``.csv``: ``id,label`` rows; ``.json``: ``{id: label}``.
+    ``.npy``: int64 by row; ``.csv``: ``id,label`` rows; ``.json``: ``{id: label}``. With ``class_names``,
+    ``.csv`` and ``.json`` name the classes (read back with the run's dataset). :data:`EXCLUDED` stays
+    ``-1`` in every format.
     """
     import io
 
@@ -371,14 +383,21 @@ def write_labels(path: Path, ids: Sequence[str], labels: np.ndarray) -> None:
     path = Path(path)
     suffix = path.suffix.lower()
     ids, labels = list(map(str, ids)), np.asarray(labels, dtype=np.int64)
+    names = None if class_names is None else [str(c) for c in class_names]
+
+    def value(y: int):
+        return y if names is None or y == EXCLUDED else names[y]
+
     if suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, labels, allow_pickle=False)
         data = buf.getvalue()
     elif suffix == ".csv":
-        data = ("id,label\n" + "".join(f"{i},{int(y)}\n" for i, y in zip(ids, labels.tolist()))).encode()
+        import pandas as pd
+
+        data = pd.DataFrame({"id": ids, "label": [value(y) for y in labels.tolist()]}).to_csv(index=False).encode()
     else:
-        data = (json.dumps({i: int(y) for i, y in zip(ids, labels.tolist())}, indent=0) + "\n").encode()
+        data = (json.dumps({i: value(y) for i, y in zip(ids, labels.tolist())}, indent=0) + "\n").encode()
     try:
         atomic_write_bytes(path, data)
     except OSError as e:

@@ -26,6 +26,8 @@ class PipelineResult:
     train_manifest: dict
     train: object | None
     report: Path
+    kind: str = "none"  # the synthetic noise it used ("none": the labels as they are)
+    rate: float = 0.0
 
 
 def same_spec(run: Run, spec) -> bool:
@@ -65,12 +67,36 @@ def train_is_current(run: Run, method: str, seed: int) -> bool:
     return True
 
 
+DEMO_NOISE = ("symmetric", 0.4)  # what `cleanpipe run` adds to the embedded demo data, to have errors to find
+
+
+def default_noise(run: Run, spec, kind: str | None, rate: float | None) -> tuple[str, float]:
+    """The synthetic noise to add: as asked, else the demo's on the embedded data, else none.
+
+    A person's own data (``--data`` or ``--labels``) gets noise only when ``kind`` is given:
+    synthetic noise is for benchmarks, and would bury the real errors they want found.
+    """
+    from cleanpipe.data import SOURCES, DataSpec
+    from cleanpipe.validation import ParameterError
+
+    if kind is not None:
+        return kind, (DEMO_NOISE[1] if rate is None else rate) if kind != "none" else 0.0
+    if spec is None and run.dataset_json() is not None:
+        spec = DataSpec.from_json(run.dataset_json()["spec"])
+    demo = spec is None or (not SOURCES[spec.source].needs_path and spec.labels is None)
+    if demo:
+        return DEMO_NOISE[0], DEMO_NOISE[1] if rate is None else rate
+    if rate is not None:
+        raise ParameterError("rate", "adds synthetic noise, which your own data gets only with --kind (e.g. --kind symmetric)")
+    return "none", 0.0
+
+
 def run_pipeline(
     run: Run,
     spec=None,
     *,
-    kind: str = "symmetric",
-    rate: float = 0.4,
+    kind: str | None = None,
+    rate: float | None = None,
     seed: int = 0,
     model: str = "auto",
     folds: int = 4,
@@ -80,15 +106,16 @@ def run_pipeline(
     progress=None,
     on_stage: Callable[[str, object | None], None] | None = None,
 ) -> PipelineResult:
-    """Noise (unless ``kind`` is ``none``), crossval, prune, train and report, reusing what is current.
+    """Noise (on demo data, or when asked), crossval, prune, train and report, reusing what is current.
 
     Parameters
     ----------
     run : Run
     spec : cleanpipe.data.DataSpec, optional
         The data; None: the run's own.
-    kind, rate : str, float
-        Synthetic noise; ``kind="none"`` trains on the labels as they are.
+    kind, rate : str, float, optional
+        Synthetic noise; ``kind="none"`` trains on the labels as they are. Default: the demo's 40%
+        symmetric noise on embedded data, none on a person's own (:func:`default_noise`).
     method : str
         The training method (a name from :data:`cleanpipe.robust.METHODS`); one that needs an INCV prune
         stage makes ``prune_method`` ``incv``.
@@ -113,6 +140,7 @@ def run_pipeline(
     if trainer.prune_needed(trainer.Options(), "kept") == "incv":
         prune_method = "incv"
     noise = crossval = trained = None
+    kind, rate = default_noise(run, spec, kind, rate)
     with run.transaction():
         if kind == "none":
             data_spec, ds, is_new = run.bind_dataset(spec)
@@ -139,4 +167,4 @@ def run_pipeline(
             report("train", trained)
             train_manifest = trained.manifest
         page = run_report_stage(run).html_path
-    return PipelineResult(noise, crossval, pruned, train_manifest, trained, page)
+    return PipelineResult(noise, crossval, pruned, train_manifest, trained, page, kind, rate)

@@ -128,7 +128,8 @@ def plot_training_curves(history, path: Path) -> None:
     a1.set_xlabel(xlabel)
     a1.set_title("loss")
     a2.plot(x, history["train_accuracy"], label="train accuracy (given labels)")
-    a2.plot(x, history["test_accuracy"], label="test accuracy")
+    if "test_accuracy" in history:  # absent when the run has no test split
+        a2.plot(x, history["test_accuracy"], label="test accuracy")
     if "forget_rate" in history:
         a2.plot(x, history["forget_rate"], "--", label="forget rate")
     if "pure_ratio" in history:
@@ -235,7 +236,8 @@ def _html(run: Run, prune_man: dict, train_man: dict | None, plots, folder: Path
     if train_man is not None:
         t = train_man["metrics"]
         facts += [("training", f"{train_man['parameters']['method']} on {t['n_train']:,} examples"),
-                  ("test accuracy", f"{t['test_accuracy']:.2%} on {t['n_test']:,} examples")]
+                  ("test accuracy", f"{t['test_accuracy']:.2%} on {t['n_test']:,} examples" if t["n_test"]
+                   else "not measured (no test split: --test-fraction 0)")]
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts)
     figures = "".join(
         f'<figure><img alt="{esc(cap)}" src="data:image/png;base64,{base64.b64encode((folder / name).read_bytes()).decode()}">'

@@ -105,8 +105,9 @@ def run_train_stage(run: Run, method: str = "standard", *, options=None, subset:
             files += [run.path("prune", "incv_sets.npz")] if need == "incv" else []
         inputs = RunInputs(ds, labels, truth, prune, subset, run.root)
         options, read = spec.from_run(options, inputs)
+        scored = len(ds.y_test) > 0  # a run made with --test-fraction 0 has no test split to score
         result = train_model(ds.X_train, labels, spec.training_rows(inputs), method=spec, options=options,
-                             X_test=ds.X_test, y_test=ds.y_test, settings=settings, class_names=ds.class_names,
+                             X_test=ds.X_test if scored else None, y_test=ds.y_test if scored else None, settings=settings, class_names=ds.class_names,
                              truth=truth, device=device, resume_dir=run.path("train", "resume"), progress=progress)
         parameters = {"method": spec.name, "subset": spec.subset_name(subset), "clean_labels": clean_labels,
                       **{k: getattr(settings, k) for k in ("model", "epochs", "batch_size", "lr", "seed")},
@@ -181,7 +182,8 @@ def load_model(path: Path):
 
 def evaluate(run: Run, checkpoint: Path | None = None, device: str = "auto") -> dict:
     """Accuracy and the confusion matrix (rows = true class, counts) of a trained model on the run's test split."""
-    from cleanpipe.engine import DeviceData, TrainConfig, predict_proba, resolve_device
+    from cleanpipe.engine import resolve_device
+    from cleanpipe.predict import model_probabilities
 
     dev = resolve_device(device)
     if checkpoint is None:
@@ -189,13 +191,14 @@ def evaluate(run: Run, checkpoint: Path | None = None, device: str = "auto") -> 
         checkpoint = run.path("train", "model.pt")
     net, state = load_model(Path(checkpoint))
     _, ds, _ = run.bind_dataset(None)
+    if not len(ds.y_test):
+        raise CleanpipeError(
+            f"{run.root} has no test split (made with --test-fraction 0), so there is nothing to evaluate on; "
+            f"label new data with `cleanpipe predict {run.root} --data PATH`, or make a run with --test-fraction 0.2"
+        )
     if tuple(state["input_shape"]) != tuple(ds.input_shape) or int(state["n_classes"]) != ds.n_classes:
         raise CleanpipeError(f"{checkpoint} was trained on data of another shape or class count than {run.root}'s")
-    data = DeviceData(ds.X_test, dev)
-    data.mean, data.std = state["mean"].to(dev), state["std"].to(dev)  # the training rows' statistics
-    net = net.to(dev)
-    probs = predict_proba(net, data, np.arange(len(ds.y_test)), TrainConfig(channels_last=False))
-    pred = probs.argmax(1)
+    pred = model_probabilities(net, state, ds.X_test, dev).argmax(1)
     K = ds.n_classes
     confusion = np.zeros((K, K), dtype=np.int64)
     np.add.at(confusion, (ds.y_test, pred), 1)

@@ -29,7 +29,8 @@ class DataSpec:
     path : str or None
         File or directory for sources that read from disk (absolute once resolved).
     test_fraction : float
-        Share held out as the test split when the source has no test files of its own.
+        Share held out as the test split when the source has no test files of its own; 0 holds
+        nothing out, so that every example is checked (and no test accuracy is measured).
     split_seed : int
         Seed of that hold-out split.
     image_size : int
@@ -37,7 +38,8 @@ class DataSpec:
     label_column : str
         Column holding the label in ``table`` files.
     labels : str or None
-        A user's own training labels (.npy/.csv/.json) replacing the source's.
+        A user's own training labels (.npy/.csv/.json) replacing the source's; examples labeled
+        ``-1`` there are left out of the training split (``cleanpipe apply`` marks exclusions so).
     """
 
     source: str
@@ -156,10 +158,17 @@ def load_dataset(spec: DataSpec) -> Dataset:
     except (OSError, ValueError, KeyError, EOFError, IndexError) as e:
         raise CleanpipeError(f"could not read {spec.source} data at {spec.path}: {e}") from None
     if spec.labels:
-        from cleanpipe.labels import read_labels
+        from cleanpipe.labels import EXCLUDED, read_labels
 
-        ds.y_train = read_labels(
-            Path(spec.labels), n=len(ds.y_train), ids=ds.ids_train, class_names=ds.class_names
+        labels = read_labels(
+            Path(spec.labels), n=len(ds.y_train), ids=ds.ids_train, class_names=ds.class_names, allow_excluded=True
         )
         ds.meta["labels_file"] = str(spec.labels)
+        kept = labels != EXCLUDED
+        if not kept.all():  # examples a reviewer excluded (`cleanpipe apply`): gone from every stage
+            if kept.sum() < 2:
+                raise CleanpipeError(f"labels file {spec.labels} excludes all but {int(kept.sum())} examples; nothing is left to train on")
+            ds.X_train, ds.ids_train = ds.X_train[kept], ds.ids_train[kept]
+            ds.meta["n_excluded"] = int((~kept).sum())
+        ds.y_train = labels[kept]
     return ds

@@ -105,10 +105,17 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Seeded stratified hold-out: returns X_train, y_train, ids_train, X_test, y_test, ids_test.
 
-    Both parts keep the source order, so IDs stay easy to read.
+    Both parts keep the source order, so IDs stay easy to read. ``test_fraction=0`` holds nothing
+    out: every example is in the training split (so crossval and prune check all of them) and the
+    test arrays are empty, shaped ``(0, *X.shape[1:])``.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise CleanpipeError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise CleanpipeError(
+            f"--test-fraction must be at least 0 (0: no test split, every example checked) and below 1, got {test_fraction}"
+        )
+    if test_fraction == 0.0:
+        none = np.arange(0)
+        return X, y, ids, X[none], y[none], ids[none]
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:
         raise CleanpipeError("every class needs at least 2 examples for a stratified train/test split")

@@ -1,0 +1,129 @@
+"""``cleanpipe predict``: a run's trained model labels new data shaped like the run's.
+
+New data is read as :mod:`cleanpipe.data.unlabeled` reads it (a folder of images resized as the run's
+were, a table with the run's feature columns, an ``.npz`` with ``X``), scored in batches with the
+training rows' normalisation, and written as ``id,predicted_label,predicted_class,confidence``
+(with ``--probs``, one ``p_<class>`` column per class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from cleanpipe.errors import CleanpipeError
+from cleanpipe.run import Run
+
+PREDICT_BATCH = 4096  # rows per progress step (the engine batches within it)
+
+
+def model_probabilities(net, state: dict, X: np.ndarray, device, progress=None, batch: int = PREDICT_BATCH) -> np.ndarray:
+    """Softmax probabilities float32 (N, K) of a saved model (:func:`cleanpipe.train.load_model`) on ``X``.
+
+    ``X`` is what the model was trained on in kind: uint8 (N, C, H, W) or float32 (N, D). It is
+    normalised with the training rows' statistics stored in the model file.
+    """
+    from cleanpipe.engine import DeviceData, TrainConfig, predict_proba
+
+    net = net.to(device)
+    cfg = TrainConfig(channels_last=False)
+    out = []
+    if progress is not None:
+        progress.start("predict", len(X), level=0)
+    stats = SimpleNamespace(mean=state["mean"], std=state["std"])  # the training rows' normalisation
+    for s in range(0, len(X), batch):
+        data = DeviceData(X[s : s + batch], device, stats=stats)
+        out.append(predict_proba(net, data, np.arange(len(data)), cfg))
+        if progress is not None:
+            progress.advance(0, completed=min(len(X), s + batch))
+    K = int(state["n_classes"])
+    return np.concatenate(out) if out else np.zeros((0, K), dtype=np.float32)
+
+
+def predictions_table(ids: np.ndarray, probs: np.ndarray, class_names: list[str], with_probs: bool = False):
+    """The predictions as a DataFrame: ``id``, ``predicted_label`` (int), ``predicted_class``, ``confidence``
+    (the top probability), then ``p_<class>`` per class when ``with_probs``."""
+    import pandas as pd
+
+    pred = probs.argmax(1)
+    cols = {"id": np.asarray(ids, dtype=str), "predicted_label": pred,
+            "predicted_class": np.asarray(class_names, dtype=object)[pred],
+            "confidence": np.round(probs.max(1), 6)}
+    if with_probs:
+        cols.update({f"p_{name}": np.round(probs[:, k], 6) for k, name in enumerate(class_names)})
+    return pd.DataFrame(cols)
+
+
+@dataclass
+class PredictStage:
+    out: Path
+    n: int
+    class_counts: dict
+    mean_confidence: float
+    device: str
+
+
+def run_predict(run: Run, data: Path, *, kind: str | None = None, out: Path | None = None, with_probs: bool = False,
+                checkpoint: Path | None = None, device: str = "auto", progress=None) -> PredictStage:
+    """Label ``data`` with the run's trained model; writes ``out`` (default ``RUN/predict/predictions.csv``).
+
+    Parameters
+    ----------
+    run : Run
+        A run with a train stage (or give ``checkpoint``).
+    data : Path
+        A folder of images, a ``.csv``/``.parquet`` table with the run's feature columns, or an ``.npz``
+        archive with ``X`` (and optionally ``ids``).
+    kind : {'folder', 'table', 'npz'}, optional
+        How to read ``data``; default: by its form.
+    out : Path, optional
+        A ``.csv`` file in an existing folder; default ``RUN/predict/predictions.csv`` (with a manifest).
+    """
+    from cleanpipe.data import DataSpec
+    from cleanpipe.data.unlabeled import load_unlabeled
+    from cleanpipe.engine import resolve_device
+    from cleanpipe.run import atomic_write_bytes
+    from cleanpipe.train import load_model
+
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower() != ".csv":
+            raise CleanpipeError(f"--out {out}: predictions are written as CSV; give a .csv file name")
+        if not out.resolve().parent.is_dir():
+            raise CleanpipeError(f"--out {out}: its folder does not exist; create it first")
+    dev = resolve_device(device)
+    recorded = run.dataset_json()
+    if recorded is None:
+        raise CleanpipeError(f"{run.root} has no dataset; predict needs a run that trained a model (`cleanpipe run {run.root}`)")
+    if checkpoint is None:
+        run.require("train", hint=f"cleanpipe train {run.root}")
+        checkpoint = run.path("train", "model.pt")
+    net, state = load_model(Path(checkpoint))
+    spec = DataSpec.from_json(recorded["spec"])
+    shape = tuple(recorded["input_shape"])
+    like = SimpleNamespace(input_shape=shape, is_image=len(shape) == 3, meta=recorded.get("meta", {}))
+    if tuple(state["input_shape"]) != shape:
+        raise CleanpipeError(f"{checkpoint} was trained on data shaped {tuple(state['input_shape'])}, not {run.root}'s {shape}")
+    X, ids = load_unlabeled(Path(data), like, spec.image_size, kind=kind, flag="--data", prefix="")
+    probs = model_probabilities(net, state, X, dev, progress)
+    names = list(state["class_names"])
+    table = predictions_table(ids, probs, names, with_probs)
+    csv = table.to_csv(index=False).encode()
+    if out is None:
+        with run.transaction(), run.write_stage("predict") as w:
+            w.path("predictions.csv").write_bytes(csv)
+            w.record_input(Path(checkpoint))
+            w.finish(parameters={"data": str(Path(data).resolve()), "kind": kind, "probs": with_probs},
+                     metrics={"n": int(len(ids))}, device=str(dev))
+        out = run.path("predict", "predictions.csv")
+    else:
+        try:
+            atomic_write_bytes(out, csv)
+        except OSError as e:
+            raise CleanpipeError(f"--out {out}: cannot write it ({e.strerror or e}); choose another path") from None
+    pred = probs.argmax(1)
+    counts = {names[k]: int(c) for k, c in enumerate(np.bincount(pred, minlength=len(names))) if c}
+    return PredictStage(out, int(len(ids)), counts, float(probs.max(1).mean()) if len(probs) else 0.0, str(dev))
