@@ -57,3 +57,63 @@ def tiny_cifar10(tmp_path) -> Path:
     with open(root / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def noisy_digits_run(tmp_path_factory) -> Path:
+    """digits with 10% symmetric noise, cross-validated and pruned (read-only: copy it before changing it)."""
+    from typer.testing import CliRunner
+
+    from cleanpipe.cli import app
+
+    run = tmp_path_factory.mktemp("noisy-digits") / "run"
+    runner = CliRunner()
+    for args in (["noise", run, "--dataset", "digits", "--kind", "symmetric", "--rate", "0.1"],
+                 ["crossval", run, "--epochs", "10", "--folds", "2"], ["prune", run]):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium driven by selenium (Debian's chromium + chromium-driver; nothing is downloaded).
+
+    Skips where no Chromium is installed, except in CI (``CI`` set), where a skip would hide the
+    browser tests: there it fails, naming the packages `.ci/run` installs. Downloads land in
+    ``browser.download_dir``.
+    """
+    import os
+    import shutil
+
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver_path = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    if webdriver is None or chromium is None or driver_path is None:
+        missing = "selenium (pip install -e '.[dev]')" if webdriver is None else "chromium and chromedriver (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"CI must run the browser tests, but {missing} is missing; .ci/run installs them")
+        pytest.skip(f"no headless browser here: {missing} not found")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tmp_path / "chromium-profile"
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    # As root in a container Chromium needs --no-sandbox; the network flags stop it calling home on a closed network.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,900", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    drv = webdriver.Chrome(service=Service(driver_path), options=options)
+    drv.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    drv.download_dir = downloads
+    try:
+        yield drv
+    finally:
+        drv.quit()

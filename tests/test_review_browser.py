@@ -1,0 +1,127 @@
+"""The review page in a real browser (headless Chromium through selenium): decide, reload, export, apply."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _open(browser, page: Path, timeout: float = 20.0) -> float:
+    """Load ``page`` from disk; seconds until its first thumbnails are drawn (the page's own mark)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page.resolve().as_uri())
+    WebDriverWait(browser, timeout).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    return browser.execute_script("return performance.getEntriesByName('first-thumbnails')[0].startTime") / 1000.0
+
+
+def _card(browser, example_id: str):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, f'.card[data-id="{example_id}"]')
+
+
+def _decisions(browser, ids) -> dict:
+    return {i: _card(browser, i).get_attribute("data-decision") for i in ids}
+
+
+def test_decide_by_clicks_and_keys_reload_export_and_apply(noisy_digits_run, tmp_path, cli, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    run = tmp_path / "run"
+    shutil.copytree(noisy_digits_run, run)
+    code, out, err = cli("review", run, "--also", "5")
+    assert code == 0, err
+    page = run / "review" / "review.html"
+    _open(browser, page)
+
+    report = pd.read_csv(run / "prune" / "label_issues.csv", dtype={"id": str})
+    flagged = report[report["is_label_issue"]].sort_values(["label_quality", "index"], kind="stable")
+    shown = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")[:5]]
+    assert shown == flagged["id"].head(5).tolist()  # worst first, each card carries data-id
+    first = flagged.head(5).set_index("id")
+    names = [str(k) for k in range(10)]
+
+    # Three decisions with clicks: accept the suggestion, exclude, choose another class.
+    _card(browser, shown[0]).find_element(By.NAME, "accept").click()
+    _card(browser, shown[1]).find_element(By.NAME, "exclude").click()
+    given, suggested = int(first.loc[shown[2], "given_label"]), int(first.loc[shown[2], "suggested_label"])
+    other = next(k for k in range(10) if k not in (given, suggested))
+    Select(_card(browser, shown[2]).find_element(By.NAME, "relabel")).select_by_visible_text(names[other])
+    # Two with keys: each decision moves to the next example, so the fourth is highlighted now.
+    assert "current" in _card(browser, shown[3]).get_attribute("class")
+    ActionChains(browser).send_keys("k").perform()  # keep the given label
+    ActionChains(browser).send_keys("a").perform()  # accept the suggestion
+    want = {shown[0]: "relabel", shown[1]: "exclude", shown[2]: "relabel", shown[3]: "keep", shown[4]: "relabel"}
+    assert _decisions(browser, shown) == want
+    progress = browser.find_element(By.ID, "progress").text
+    assert progress.startswith(f"5 of {len(flagged) + 5} decided")
+
+    browser.refresh()  # decisions live in localStorage: a reload (or a closed tab) keeps them
+    _open(browser, page)
+    assert _decisions(browser, shown) == want
+    assert browser.find_element(By.ID, "progress").text == progress
+
+    # Filters: by decision, then by given class.
+    Select(browser.find_element(By.ID, "f-decision")).select_by_value("exclude")
+    assert [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")] == [shown[1]]
+    Select(browser.find_element(By.ID, "f-decision")).select_by_value("")
+    Select(browser.find_element(By.ID, "f-given")).select_by_value(str(given))
+    ids = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
+    assert shown[2] in ids and all(int(report.set_index("id").loc[i, "given_label"]) == given for i in ids)
+
+    browser.find_element(By.ID, "export").click()
+    download = browser.download_dir / "corrections.csv"
+    deadline = time.time() + 15
+    while not download.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    assert download.is_file(), list(browser.download_dir.iterdir())
+    exported = pd.read_csv(download, dtype=str, keep_default_na=False)
+    assert list(exported.columns) == ["id", "decision", "label"]
+    assert dict(zip(exported["id"], exported["decision"])) == want
+    labels = dict(zip(exported["id"], exported["label"]))
+    assert labels[shown[2]] == names[other] and labels[shown[0]] == names[int(first.loc[shown[0], "suggested_label"])]
+
+    code, out, err = cli("apply", run, download, "--out", tmp_path / "fixed.csv")
+    assert code == 0, err
+    assert "3 relabeled" in out and "1 kept" in out and "1 excluded" in out
+    fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str).set_index("id")["label"]
+    assert fixed[shown[1]] == "-1" and fixed[shown[2]] == names[other] and fixed[shown[3]] == names[int(first.loc[shown[3], "given_label"])]
+
+
+def test_five_thousand_flagged_examples_show_their_first_thumbnails_within_two_seconds(tmp_path, cli, browser):
+    """A synthetic run of 32 x 32 colour images, most of them mislabeled: the page of 5,000+ flagged opens quickly."""
+    rng = np.random.default_rng(0)
+    n, K = 7200, 4
+    y = np.arange(n) % K
+    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float32)
+    X = colours[y][:, :, None, None] * rng.uniform(0.6, 1.0, (n, 1, 32, 32)) + rng.normal(0, 20, (n, 3, 32, 32))
+    np.savez(tmp_path / "colour.npz", X=np.clip(X, 0, 255).astype(np.uint8), y=y)
+    run = tmp_path / "run"
+    for args in (("noise", run, "--dataset", "npz", "--data", tmp_path / "colour.npz", "--test-fraction", "0",
+                  "--kind", "symmetric", "--rate", "0.95"),
+                 ("crossval", run, "--epochs", "1", "--folds", "2", "--model", "small_cnn"), ("prune", run)):
+        code, out, err = cli(*args)
+        assert code == 0, err
+    code, out, err = cli("review", run)
+    assert code == 0, err
+    n_flagged = json.loads((run / "review" / "manifest.json").read_text())["metrics"]["n_flagged"]
+    assert n_flagged >= 5000, out
+    page = run / "review" / "review.html"
+    started = time.perf_counter()
+    shown_after = _open(browser, page)  # from navigation start to the first thumbnails decoded and painted
+    wall = time.perf_counter() - started
+    assert shown_after < 2.0, f"first thumbnails after {shown_after:.2f} s (page {page.stat().st_size / 1e6:.1f} MB)"
+    from selenium.webdriver.common.by import By
+
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".card img")) == 48  # one page of cards, not 5,000
+    print(f"{n_flagged} flagged, page {page.stat().st_size / 1e6:.1f} MB: first thumbnails at {shown_after:.2f} s "
+          f"(wall {wall:.2f} s)")
