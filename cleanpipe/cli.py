@@ -681,8 +681,12 @@ def review(
     stage = run_review_stage(Run(run_dir), also=also)
     extra = f" + {stage.n_also:,} next-worst" if stage.n_also else ""
     console.print(f"[bold green]review[/] {stage.html_path}: {stage.n_flagged:,} flagged{extra} examples to decide on "
-                  f"({stage.manifest['metrics']['page_bytes'] / 1e6:.1f} MB, opens from disk)")
+                  f"({_size(stage.manifest['metrics']['page_bytes'])}, opens from disk)")
     console.print(f"[dim]open it in a browser, decide, press Export, then: cleanpipe apply {run_dir} corrections.csv --out fixed_labels.csv[/]")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 @app.command("apply")
