@@ -2,13 +2,14 @@
 
 ``corrections.csv`` has one row per decided example: ``id,decision,label`` with ``decision`` one of
 ``keep`` (the given label stands), ``relabel`` (``label`` is the new class name) or ``exclude`` (the
-example is left out). :func:`apply_corrections` makes the corrected label vector; excluded examples
+example is left out); ``skip`` rows are allowed and change nothing. :func:`apply_corrections` makes the corrected label vector; excluded examples
 get :data:`cleanpipe.labels.EXCLUDED` (``-1``), which ``--labels`` reads as "drop this example from
 the training split", so every later stage (crossval, prune, train) leaves it out.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,7 @@ from cleanpipe.labels import EXCLUDED
 from cleanpipe.run import Run, file_digest
 
 DECISIONS = ("keep", "relabel", "exclude")
+SKIP = "skip"  # accepted in a hand-written file: no decision, the label stands
 COLUMNS = ("id", "decision", "label")
 
 
@@ -73,10 +75,12 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
     if not path.is_file():
         raise CleanpipeError(f"corrections file {path}: no such file; export it from the review page (`cleanpipe review RUN`)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark before the header
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise CleanpipeError(f"corrections file {path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
+    df = df.fillna("")  # a row short of fields ("id,keep") leaves its label empty, not NaN
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise CleanpipeError(f"corrections file {path}: no {', '.join(missing)} column; expected the header "
@@ -95,11 +99,14 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
         raise CleanpipeError(f"corrections file {path}: {len(unknown):,} ID(s) are not training examples of this run, "
                              f"e.g. {unknown[0]!r}{where}; was the file exported from this run's review page?")
     decision = df["decision"].str.strip().str.lower().to_numpy(dtype=object)
-    bad = ~np.isin(decision, DECISIONS)
+    bad = ~np.isin(decision, DECISIONS + (SKIP,))
     if bad.any():
         k = int(np.argmax(bad))
         raise CleanpipeError(f"corrections file {path}: decision {df['decision'].iloc[k]!r} on line {line(k)} is not one of "
-                             f"{', '.join(DECISIONS)}")
+                             f"{', '.join(DECISIONS)} (or {SKIP})")
+    decided = decision != SKIP
+    df, decision, keys = df[decided], decision[decided], [k for k, d in zip(keys, decided) if d]
+    line = lambda k: int(np.flatnonzero(decided)[k]) + 2  # noqa: E731 - line numbers of the file as written
     rows = np.asarray([position[k] for k in keys], dtype=np.int64)
     by_name = {str(c): n for n, c in enumerate(class_names)}
     names = df["label"].str.strip().tolist()
@@ -151,6 +158,8 @@ def run_apply_stage(run: Run, corrections_path: Path, out: Path) -> ApplyStage:
 
     out = check_label_path(Path(out), "out")
     corrections_path = Path(corrections_path)
+    if out.resolve() == corrections_path.resolve():
+        raise CleanpipeError(f"--out {out} is the corrections file itself; write the labels to another file")
     with run.transaction():
         if run.dataset_json() is None:
             raise CleanpipeError(f"{run.root} has no dataset; run `cleanpipe run` or `cleanpipe crossval` on it first")
@@ -169,11 +178,11 @@ def run_apply_stage(run: Run, corrections_path: Path, out: Path) -> ApplyStage:
                                  "examples; nothing would be left to train on")
         counts = fixes.counts()
         n_changed = int(np.sum((fixes.decision == "relabel") & (fixes.label != labels[fixes.rows])))
-        write_labels(out, ids, corrected, ds.class_names)
-        with run.write_stage("apply") as w:
+        with run.write_stage("apply") as w:  # the label file is written last inside: an error leaves neither
             for p in files:
                 w.record_input(p)
             w.path("corrections.csv").write_bytes(corrections_path.read_bytes())
+            write_labels(out, ids, corrected, ds.class_names)
             manifest = w.finish(
                 parameters={"corrections": str(corrections_path.resolve()), "out": str(out.resolve())},
                 metrics={"n_examples": int(len(ids)), "n_decided": int(len(fixes.rows)), "n_relabeled": counts["relabel"],
@@ -187,13 +196,14 @@ def _next_command(spec, out: Path) -> str:
     """The ``cleanpipe run`` that checks and trains on the corrected labels (a new run directory)."""
     from cleanpipe.data import DataSpec
 
+    q = shlex.quote
     parts = ["cleanpipe run RUN2", f"--dataset {spec.source}"]
     if spec.path:
-        parts.append(f"--data {spec.path}")
-    parts.append(f"--labels {out}")
+        parts.append(f"--data {q(spec.path)}")
+    parts.append(f"--labels {q(str(out))}")
     default = DataSpec(spec.source)
     for name, flag in (("test_fraction", "--test-fraction"), ("split_seed", "--split-seed"),
                        ("image_size", "--image-size"), ("label_column", "--label-column")):
         if getattr(spec, name) != getattr(default, name):
-            parts.append(f"{flag} {getattr(spec, name)}")
+            parts.append(f"{flag} {q(str(getattr(spec, name)))}")
     return " ".join(parts)

@@ -103,15 +103,17 @@ def _read_csv(path: Path, ids, class_names) -> np.ndarray:
     try:
         head = pd.read_csv(path, nrows=0)
         cols = {str(c).lower(): c for c in head.columns}
-        # IDs stay text: "0007" and "7" are different IDs.
-        dtype = {cols[ID_COLUMN]: str} if ID_COLUMN in cols else None
-        df = pd.read_csv(path, dtype=dtype)
+        # IDs stay text: "0007" and "7" are different IDs. With class names, every value stays text too,
+        # so that classes named "1", "-1", "True" or "NA" are read as those names (names win over numbers).
+        text = {"dtype": str, "keep_default_na": False} if class_names is not None else {}
+        kinds = text or {"dtype": {cols[ID_COLUMN]: str} if ID_COLUMN in cols else None}
+        df = pd.read_csv(path, **kinds)
         if len(df.columns) == 1 and _is_headerless(str(df.columns[0]), class_names):
-            df = pd.read_csv(path, header=None)
+            df = pd.read_csv(path, header=None, **kinds)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise CleanpipeError(f"labels file {path}: not a readable CSV ({e})") from None
     col = _label_column(df, path)
-    missing = df[col].isna().to_numpy()
+    missing = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy() if text else df[col].isna().to_numpy()
     if missing.any():
         raise CleanpipeError(f"labels file {path}: {int(missing.sum())} rows have no label (first: data row {int(np.argmax(missing))})")
     values = df[col].to_numpy()
@@ -255,6 +257,14 @@ def _to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None, allo
     return labels
 
 
+def _whole_number(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return np.isfinite(value) and value.is_integer()
+
+
 def _names_to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None) -> np.ndarray:
     names = {str(c): k for k, c in enumerate(class_names or [])}
     out = np.empty(len(raw), dtype=np.int64)
@@ -271,6 +281,8 @@ def _names_to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None
             out[i] = int(v)
         elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
             out[i] = int(v)
+        elif isinstance(v, str) and _whole_number(v):  # "3.0", as spreadsheets write numbers
+            out[i] = int(float(v))
         else:
             known = (
                 f"; classes are {', '.join(list(names)[:10])}{', ...' if len(names) > 10 else ''}"
@@ -388,6 +400,9 @@ def write_labels(path: Path, ids: Sequence[str], labels: np.ndarray, class_names
     def value(y: int):
         return y if names is None or y == EXCLUDED else names[y]
 
+    if suffix == ".csv" and names is not None and str(EXCLUDED) in names and (labels == EXCLUDED).any():
+        raise CleanpipeError(f"{path}: a class is named {EXCLUDED}, which a CSV cannot tell from the mark of an "
+                             "excluded example; write a .json or .npy label file instead")
     if suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, labels, allow_pickle=False)

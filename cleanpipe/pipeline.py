@@ -81,6 +81,9 @@ def default_noise(run: Run, spec, kind: str | None, rate: float | None) -> tuple
 
     if kind is not None:
         return kind, (DEMO_NOISE[1] if rate is None else rate) if kind != "none" else 0.0
+    noised = run.manifest("noise")
+    if noised is not None and rate is None:  # the run already has its noise (e.g. from `cleanpipe noise`): keep it
+        return noised["parameters"]["kind"], float(noised["parameters"]["rate"])
     if spec is None and run.dataset_json() is not None:
         spec = DataSpec.from_json(run.dataset_json()["spec"])
     demo = spec is None or (not SOURCES[spec.source].needs_path and spec.labels is None)
@@ -140,13 +143,14 @@ def run_pipeline(
     if trainer.prune_needed(trainer.Options(), "kept") == "incv":
         prune_method = "incv"
     noise = crossval = trained = None
+    asked = kind
     kind, rate = default_noise(run, spec, kind, rate)
     with run.transaction():
         if kind == "none":
             data_spec, ds, is_new = run.bind_dataset(spec)
             if is_new:
                 run.write_dataset(data_spec, ds)
-        elif noise_is_current(run, spec, kind, rate, seed):
+        elif noise_is_current(run, spec, kind, rate, seed) or (asked is None and run.has("noise") and same_spec(run, spec)):
             report("noise", None)
         else:
             noise = run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed)

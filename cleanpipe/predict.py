@@ -107,7 +107,8 @@ def run_predict(run: Run, data: Path, *, kind: str | None = None, out: Path | No
     like = SimpleNamespace(input_shape=shape, is_image=len(shape) == 3, meta=recorded.get("meta", {}))
     if tuple(state["input_shape"]) != shape:
         raise CleanpipeError(f"{checkpoint} was trained on data shaped {tuple(state['input_shape'])}, not {run.root}'s {shape}")
-    X, ids = load_unlabeled(Path(data), like, spec.image_size, kind=kind, flag="--data", prefix="")
+    side = shape[1] if like.is_image else spec.image_size  # images from a folder take the run's own size
+    X, ids = load_unlabeled(Path(data), like, side, kind=kind, flag="--data", prefix="")
     probs = model_probabilities(net, state, X, dev, progress)
     names = list(state["class_names"])
     table = predictions_table(ids, probs, names, with_probs)

@@ -37,7 +37,7 @@ class ReviewStage:
 
 
 def image_thumbnails(images: np.ndarray, *, side: int = THUMB_SIDE) -> list[str]:
-    """Data URIs of uint8 images (N, C, H, W), C in {1, 3}: PNG up to ``side`` pixels, else a JPEG shrunk to it.
+    """Data URIs of uint8 images (N, C, H, W): PNG up to ``side`` pixels, else a JPEG shrunk to it.
 
     Small images (digits, CIFAR) stay lossless at their own size and are enlarged by the page;
     photographs are shrunk so that 5,000 of them still make a page of tens of MB, not hundreds.
@@ -46,7 +46,8 @@ def image_thumbnails(images: np.ndarray, *, side: int = THUMB_SIDE) -> list[str]
 
     out = []
     for im in images:
-        arr = im[0] if im.shape[0] == 1 else np.moveaxis(im, 0, -1)
+        # one channel: grey; three: RGB; others (an npz may hold 2, 4, ...): the first channel, or the first three
+        arr = im[0] if im.shape[0] < 3 else np.moveaxis(im[:3], 0, -1)
         pic = Image.fromarray(np.ascontiguousarray(arr))
         out.append(_encode(pic, side))
     return out
@@ -100,8 +101,10 @@ def page_html(items: list[dict], class_names: list[str], *, title: str, key: str
     and ``thumb`` (a data URI) or ``features`` (numbers)); ``key`` names its decisions in ``localStorage``."""
     data = {"classes": [str(c) for c in class_names], "items": items, "key": key, "n_flagged": n_flagged,
             "page_size": PAGE_SIZE, "feature_names": feature_names or [], "pixelated": pixelated}
-    # Inside <script>, "</" would end the element early; JSON allows "<\/" for it.
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    # Inside <script>, "</script" or "<!--" in an ID or class name would end or derail the element;
+    # JSON's \u escapes keep every <, > and & out of the markup.
+    payload = (json.dumps(data, separators=(",", ":"), allow_nan=False)
+               .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     template = resources.files("cleanpipe").joinpath("review_page.html").read_text(encoding="utf-8")
     return template.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
 
@@ -125,7 +128,8 @@ def run_review_stage(run: Run, *, also: int = 0) -> ReviewStage:
         flagged, rest = review_items(report, also=also)
         chosen = pd.concat([flagged, rest])
         rows = chosen["index"].to_numpy(np.int64)
-        items = [{"id": str(r.id), "i": int(r.index), "given": int(r.given_label), "suggested": int(r.suggested_label),
+        ids = np.asarray(ds.ids_train).astype(str)  # not the CSV's text, where pandas would read "NA" as missing
+        items = [{"id": ids[int(r.index)], "i": int(r.index), "given": int(r.given_label), "suggested": int(r.suggested_label),
                   "quality": float(r.label_quality), "flagged": bool(r.is_label_issue)}
                  for r in chosen.itertuples(index=False)]
         feature_names, pixelated = None, False
@@ -142,7 +146,10 @@ def run_review_stage(run: Run, *, also: int = 0) -> ReviewStage:
             feature_names = list(names[:MAX_FEATURES])
             for item, r in zip(items, rows):
                 item["features"] = [float(f"{v:.6g}") for v in ds.X_train[r, :MAX_FEATURES].tolist()]
-        key = hashlib.sha256(f"{run.root.resolve()}\n{prune_man['outputs']['label_issues.csv']}".encode()).hexdigest()[:16]
+        # Decisions are about examples and the labels shown: the same data and labels find them again,
+        # after a new prune, a new page or a moved run folder.
+        labels, _, _ = run.training_labels(ds)
+        key = hashlib.sha256(ds.fingerprint().encode() + np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
         page = page_html(items, ds.class_names, title=run.root.name, key=key, n_flagged=len(flagged),
                          feature_names=feature_names, pixelated=pixelated)
         with run.write_stage("review") as w:

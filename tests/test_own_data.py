@@ -120,7 +120,7 @@ def test_excluded_examples_are_minus_one_and_leave_the_training_split(tmp_path):
 def _corrections_from_review(run: Path, path: Path, class_names: list[str]) -> pd.DataFrame:
     """What a reviewer exports: accept the first flagged suggestion, exclude the second, keep the third."""
     page = (run / "review" / "review.html").read_text()
-    data = json.loads(page.split('type="application/json">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
+    data = json.loads(page.split('type="application/json">', 1)[1].split("</script>", 1)[0])
     items = data["items"]
     assert len(items) >= 3
     rows = [(items[0]["id"], "relabel", class_names[items[0]["suggested"]]),
@@ -258,3 +258,55 @@ def test_predict_refuses_data_unlike_the_runs_and_a_missing_or_foreign_model(tmp
     shutil.rmtree(run / "train")
     assert "no train stage" in _one_line_error(cli, "predict", run, "--data", cancer_csv)
     assert not (run / "predict").exists()
+
+
+# ---- label files that round-trip -------------------------------------------------------------------
+
+
+def test_class_names_that_look_like_numbers_or_missing_values_round_trip(tmp_path):
+    from cleanpipe.labels import write_labels
+
+    names = ["1", "0", "NA", "True", "a, b"]  # read as names, never as numbers, NaN or booleans
+    labels = np.array([0, 1, 2, 3, 4, -1, 1, 0])
+    ids = [f"x{i}" for i in range(len(labels))]
+    for suffix in (".csv", ".json", ".npy"):
+        write_labels(tmp_path / f"y{suffix}", ids, labels, names)
+        back = read_labels(tmp_path / f"y{suffix}", n=len(ids), ids=ids, class_names=names, allow_excluded=True)
+        assert back.tolist() == labels.tolist(), suffix
+    with pytest.raises(CleanpipeError, match="write a .json or .npy"):  # a class named -1 and an exclusion: ambiguous in a CSV
+        write_labels(tmp_path / "z.csv", ids[:2], np.array([0, -1]), ["-1", "1"])
+    assert not (tmp_path / "z.csv").exists()
+
+
+def test_a_second_review_round_keeps_the_first_rounds_exclusions_in_every_format(tmp_path, cli, trained_table_run, cancer_csv):
+    run = tmp_path / "run"
+    shutil.copytree(trained_table_run, run)
+    ids = pd.read_csv(run / "prune" / "label_issues.csv", dtype={"id": str})["id"].tolist()
+    (tmp_path / "c1.csv").write_text(f"id,decision,label\n{ids[0]},exclude,\n{ids[1]},relabel,benign\n{ids[2]},skip,\n")
+    _ok(cli, "apply", run, tmp_path / "c1.csv", "--out", tmp_path / "round1.json")
+    assert json.loads((tmp_path / "round1.json").read_text())[ids[0]] == -1
+    run2 = tmp_path / "run2"
+    data = ["--dataset", "table", "--data", cancer_csv, "--label-column", "diagnosis"]
+    _ok(cli, "crossval", run2, *data, "--labels", tmp_path / "round1.json", "--epochs", "5", "--folds", "2")
+    _ok(cli, "prune", run2)
+    ids2 = pd.read_csv(run2 / "prune" / "label_issues.csv", dtype={"id": str})["id"].tolist()
+    assert ids[0] not in ids2 and len(ids2) == len(ids) - 1
+    (tmp_path / "c2.csv").write_text(f"id,decision,label\n{ids2[0]},exclude,\n")
+    assert ids2[0] != ids[0]
+    _ok(cli, "apply", run2, tmp_path / "c2.csv", "--out", tmp_path / "round2.npy")
+    round2 = np.load(tmp_path / "round2.npy")
+    full = load_dataset(DataSpec("table", path=str(cancer_csv), label_column="diagnosis"))
+    assert len(round2) == len(full.y_train)  # the whole training split, in the source's order
+    position = {i: k for k, i in enumerate(full.ids_train)}
+    assert round2[position[ids[0]]] == -1 and round2[position[ids2[0]]] == -1  # both rounds' exclusions
+    assert (round2 == -1).sum() == 2 and round2[position[ids[1]]] == full.class_names.index("benign")
+
+
+def test_run_without_kind_keeps_a_noise_stage_the_run_already_has(tmp_path, cli, cancer_csv):
+    run = tmp_path / "r"
+    data = ["--dataset", "table", "--data", cancer_csv, "--label-column", "diagnosis"]
+    _ok(cli, "noise", run, *data, "--kind", "symmetric", "--rate", "0.2")
+    before = (run / "noise" / "noisy_labels.npy").read_bytes()
+    out = " ".join(_ok(cli, "run", run, *data, "--method", "standard").split())
+    assert "20% synthetic symmetric noise added" in out and "noise: up to date, skipped" in out
+    assert (run / "noise" / "noisy_labels.npy").read_bytes() == before

@@ -125,3 +125,51 @@ def test_five_thousand_flagged_examples_show_their_first_thumbnails_within_two_s
     assert len(browser.find_elements(By.CSS_SELECTOR, ".card img")) == 48  # one page of cards, not 5,000
     print(f"{n_flagged} flagged, page {page.stat().st_size / 1e6:.1f} MB: first thumbnails at {shown_after:.2f} s "
           f"(wall {wall:.2f} s)")
+
+
+def test_awkward_ids_and_class_names_survive_the_page_and_the_export_and_undo_takes_back(tmp_path, browser):
+    """IDs and class names with commas, quotes, markup and accents; undo; keys right after using a filter."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from cleanpipe.corrections import read_corrections
+    from cleanpipe.review import image_thumbnails, page_html
+
+    classes = ["cat, big", 'dog "pup"', "</script><!--", "ünïcode"]
+    ids = ["a,b.png", 'say "hi".png', "</script><script>alert(1)</script>", "dir/ñ é.png", "<!--x"]
+    thumbs = image_thumbnails(np.random.default_rng(0).integers(0, 256, (len(ids), 3, 8, 8), dtype=np.uint8))
+    items = [{"id": i, "i": k, "given": k % 4, "suggested": (k + 1) % 4, "quality": 0.01 * k, "flagged": True,
+              "thumb": t} for k, (i, t) in enumerate(zip(ids, thumbs))]
+    page = tmp_path / "review.html"
+    page.write_text(page_html(items, classes, title="<b>awkward</b>", key="awkward", n_flagged=len(ids)), encoding="utf-8")
+    _open(browser, page)
+    assert browser.execute_script("return document.scripts.length") == 2  # the data and the page's code: nothing injected
+    assert browser.title == "cleanpipe review: <b>awkward</b>"
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    assert [c.get_attribute("data-id") for c in cards] == ids
+
+    keys = ActionChains(browser)
+    keys.send_keys("a").perform()  # card 0: accept
+    keys.send_keys("x").perform()  # card 1: exclude
+    keys.send_keys("k").perform()  # card 2: keep
+    keys.send_keys("u").perform()  # undo the keep: card 2 is undecided again and highlighted
+    states = [c.get_attribute("data-decision") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
+    assert states == ["relabel", "exclude", "", "", ""]
+    assert "current" in browser.find_elements(By.CSS_SELECTOR, ".card")[2].get_attribute("class")
+
+    Select(browser.find_element(By.ID, "f-decision")).select_by_value("none")  # only the undecided
+    assert [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")] == ids[2:]
+    ActionChains(browser).send_keys("x").perform()  # the filter gave the keys back: exclude the first shown
+    Select(browser.find_element(By.ID, "f-decision")).select_by_value("")
+    assert browser.find_element(By.CSS_SELECTOR, '.card[data-index="2"]').get_attribute("data-decision") == "exclude"
+
+    browser.find_element(By.ID, "export").click()
+    download = browser.download_dir / "corrections.csv"
+    deadline = time.time() + 15
+    while not download.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    exported = pd.read_csv(download, dtype=str, keep_default_na=False)
+    assert exported.values.tolist() == [[ids[0], "relabel", classes[1]], [ids[1], "exclude", ""], [ids[2], "exclude", ""]]
+    fixes = read_corrections(download, ids, np.array([k % 4 for k in range(len(ids))]), classes)
+    assert fixes.rows.tolist() == [0, 1, 2] and fixes.label.tolist() == [1, -1, -1]
