@@ -103,6 +103,7 @@ def _recipe_help(stage: str, field: str) -> str:
 # ---- shared options ----------------------------------------------------------------------
 
 RunArg = typer.Argument(..., metavar="RUN", help="Run directory (created if missing).", show_default=False)
+MadeRunArg = typer.Argument(..., metavar="RUN", help="Run directory, made by an earlier stage.", show_default=False)
 DatasetOpt = typer.Option(None, "--dataset", "-d", help="Data source: digits, mnist, cifar10, cifar100, folder, table, npz (see `cleanpipe datasets`).", rich_help_panel="Data")
 DataOpt = typer.Option(None, "--data", help="File or directory the source reads.", rich_help_panel="Data")
 TestFractionOpt = typer.Option(0.2, "--test-fraction", help="Held-out test share when the source has no test files; 0 holds nothing out, so every example is checked for label errors (no test accuracy).", rich_help_panel="Data")
@@ -298,8 +299,13 @@ def print_crossval_summary(run_dir: Path, stage) -> None:
     if "oof_accuracy_true" in m:
         line += f" vs given labels, [bold]{m['oof_accuracy_true']:.4f}[/] vs true labels"
     console.print(line)
+    chance = m.get("chance_accuracy")
+    if chance is not None and m["oof_accuracy"] < chance + 0.15 * (1 - chance):
+        console.print(f"[bold yellow]warning:[/] out-of-fold accuracy {m['oof_accuracy']:.3f} is near chance "
+                      f"({chance:.3f}, always the largest class): these probabilities say little, so prune's flags "
+                      "will be unreliable; train longer (--epochs), or try another --model")
     if stage.reused:
-        console.print(f"[dim]reused finished folds {', '.join(map(str, stage.reused))}[/]")
+        console.print(f"[dim]reused finished folds {', '.join(map(str, stage.reused))} (their training time is counted below)[/]")
     console.print(
         f"[dim]{m['fold_seconds_total']:.1f}s of training on {stage.manifest['device']}; "
         f"wrote {run_dir / 'crossval'}/ pred_probs.npy folds.npy manifest.json[/]"
@@ -367,6 +373,9 @@ def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
         f"({m['n_issues'] / max(m['n'], 1):.1%}); estimated noise rate {m['estimated_noise_rate']:.1%}"
         + (f", true {m['true_noise_rate']:.1%}" if "true_noise_rate" in m else "")
     )
+    if m["n_issues"] > 0.5 * m["n"] and "true_noise_rate" not in m:
+        console.print("[bold yellow]warning:[/] more than half the labels are flagged: the out-of-fold probabilities "
+                      "probably carry little information (see crossval's accuracy); train them longer before trusting these flags")
     if "eval_ratio" in m:
         console.print(
             f"INCV: {m['n_selected']:,} selected, {m['n_candidates']:,} candidates, {m['n_discarded']:,} discarded; "
@@ -523,7 +532,7 @@ def _methods_help() -> str:
 @app.command()
 @user_errors
 def train(
-    run_dir: Path = RunArg,
+    run_dir: Path = MadeRunArg,
     method: str = typer.Option("standard", "--method", help=_methods_help()),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
     model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
@@ -612,7 +621,7 @@ def print_train_summary(run_dir: Path, stage) -> None:
 @app.command()
 @user_errors
 def evaluate(
-    run_dir: Path = RunArg,
+    run_dir: Path = MadeRunArg,
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model.pt to score (default RUN/train/model.pt)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
@@ -640,7 +649,7 @@ def evaluate(
 @app.command()
 @user_errors
 def report(
-    run_dir: Path = RunArg,
+    run_dir: Path = MadeRunArg,
     top: int = typer.Option(32, "--top", help="How many of the most suspicious images to show in the grid."),
 ) -> None:
     """Plots and a self-contained HTML page of what the stages found (opens offline).
@@ -663,7 +672,7 @@ def report(
 @app.command()
 @user_errors
 def review(
-    run_dir: Path = RunArg,
+    run_dir: Path = MadeRunArg,
     also: int = typer.Option(0, "--also", help="Add this many of the next-worst examples that were not flagged."),
 ) -> None:
     """A page for deciding on the flagged examples, worst first (opens from disk, no server).
@@ -692,7 +701,7 @@ def _size(n: int) -> str:
 @app.command("apply")
 @user_errors
 def apply_(
-    run_dir: Path = RunArg,
+    run_dir: Path = MadeRunArg,
     corrections: Path = typer.Argument(..., metavar="CORRECTIONS.csv", help="The review page's export: id,decision,label.", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="The corrected label file to write: .csv (id,label), .npy or .json.", show_default=False),
 ) -> None:
@@ -709,15 +718,16 @@ def apply_(
 
     stage = run_apply_stage(Run(run_dir), corrections, out)
     c = stage.counts
+    skipped = f", {c['skip']:,} skipped" if c["skip"] else ""
     console.print(f"[bold green]apply[/] {c['relabel']:,} relabeled ({stage.n_changed:,} changed), {c['keep']:,} kept, "
-                  f"{c['exclude']:,} excluded of {stage.n_examples:,} training examples: wrote {stage.out}")
+                  f"{c['exclude']:,} excluded{skipped} of {stage.n_examples:,} training examples: wrote {stage.out}")
     console.print(f"[dim]next: {stage.next_command}[/]")
 
 
 @app.command()
 @user_errors
 def predict(
-    run_dir: Path = RunArg,
+    run_dir: Path = MadeRunArg,
     data: Path = typer.Option(..., "--data", help="New data: a folder of images, a .csv/.parquet table with the run's feature columns, or an .npz with X.", show_default=False),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="How to read --data: folder | table | npz (default: by its form)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Predictions CSV to write (default RUN/predict/predictions.csv)."),

@@ -42,9 +42,10 @@ class Corrections:
     rows: np.ndarray
     decision: np.ndarray
     label: np.ndarray
+    n_skipped: int = 0
 
     def counts(self) -> dict[str, int]:
-        return {d: int(np.sum(self.decision == d)) for d in DECISIONS}
+        return {**{d: int(np.sum(self.decision == d)) for d in DECISIONS}, SKIP: self.n_skipped}
 
 
 def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_names: Sequence[str],
@@ -81,6 +82,8 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
         raise CleanpipeError(f"corrections file {path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
     df = df.fillna("")  # a row short of fields ("id,keep") leaves its label empty, not NaN
+    if not len(df):
+        raise CleanpipeError(f"corrections file {path}: no decisions in it; decide on the review page, then export")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise CleanpipeError(f"corrections file {path}: no {', '.join(missing)} column; expected the header "
@@ -105,6 +108,7 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
         raise CleanpipeError(f"corrections file {path}: decision {df['decision'].iloc[k]!r} on line {line(k)} is not one of "
                              f"{', '.join(DECISIONS)} (or {SKIP})")
     decided = decision != SKIP
+    n_skipped = int((~decided).sum())
     df, decision, keys = df[decided], decision[decided], [k for k, d in zip(keys, decided) if d]
     line = lambda k: int(np.flatnonzero(decided)[k]) + 2  # noqa: E731 - line numbers of the file as written
     rows = np.asarray([position[k] for k in keys], dtype=np.int64)
@@ -127,7 +131,7 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
                                  f"classes are {shown}")
         label[k] = by_name[name]
     order = np.argsort(rows, kind="stable")
-    return Corrections(rows[order], decision[order].astype(str), label[order])
+    return Corrections(rows[order], decision[order].astype(str), label[order], n_skipped)
 
 
 def apply_corrections(labels: np.ndarray, corrections: Corrections) -> np.ndarray:
@@ -164,6 +168,9 @@ def run_apply_stage(run: Run, corrections_path: Path, out: Path) -> ApplyStage:
         if run.dataset_json() is None:
             raise CleanpipeError(f"{run.root} has no dataset; run `cleanpipe run` or `cleanpipe crossval` on it first")
         spec, ds, _ = run.bind_dataset(None)
+        for what, used in (("data", spec.path), ("labels file", spec.labels)):
+            if used and Path(used).resolve() == out.resolve():
+                raise CleanpipeError(f"--out {out} is the run's {what}; write the corrected labels to a new file")
         labels, _, files = run.training_labels(ds)
         fixes = read_corrections(corrections_path, ds.ids_train, labels, ds.class_names, ds.ids_test)
         corrected = apply_corrections(labels, fixes)
@@ -186,7 +193,8 @@ def run_apply_stage(run: Run, corrections_path: Path, out: Path) -> ApplyStage:
             manifest = w.finish(
                 parameters={"corrections": str(corrections_path.resolve()), "out": str(out.resolve())},
                 metrics={"n_examples": int(len(ids)), "n_decided": int(len(fixes.rows)), "n_relabeled": counts["relabel"],
-                         "n_kept": counts["keep"], "n_excluded": counts["exclude"], "n_changed": n_changed,
+                         "n_kept": counts["keep"], "n_excluded": counts["exclude"], "n_skipped": counts[SKIP],
+                         "n_changed": n_changed,
                          "n_excluded_total": int(np.sum(corrected == EXCLUDED)), "out_sha256": file_digest(out)},
             )
     return ApplyStage(manifest, out, counts, n_changed, int(len(ids)), _next_command(spec, out))

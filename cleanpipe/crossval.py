@@ -28,7 +28,7 @@ from cleanpipe.validation import ParameterError, check_number
 SHARDS = "shards"
 
 
-def fold_plan(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+def fold_plan(labels: np.ndarray, n_folds: int, seed: int, class_names=None) -> np.ndarray:
     """Assign every example to a fold: stratified, shuffled with ``seed``.
 
     Parameters
@@ -37,6 +37,8 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
         int of shape (N,).
     n_folds : int
         K, at least 2 and at most the size of the smallest class.
+    class_names : sequence of str, optional
+        Names the smallest class in the error when there are too few of it.
 
     Returns
     -------
@@ -48,10 +50,15 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
     check_number(n_folds, "n_folds", low=2)
+    k = int(np.flatnonzero(counts == smallest)[0])
+    name = repr(class_names[k]) if class_names is not None else str(k)
+    if smallest < 2:
+        raise CleanpipeError(f"class {name} has only 1 example; cross-validation needs at least 2 of every class "
+                             "(one per fold): add examples of it or leave the class out")
     if n_folds > smallest:
         raise ParameterError(
-            "n_folds", f"{n_folds} is larger than the smallest class ({smallest} examples of class "
-            f"{int(np.flatnonzero(counts == smallest)[0])}); use {max(2, smallest)} or fewer"
+            "n_folds", f"{n_folds} is larger than the smallest class ({smallest} examples of class {name}); "
+            f"use {smallest} or fewer"
         )
     folds = np.empty(len(labels), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -237,7 +244,7 @@ def run_crossval_stage(
         settings = default_settings(ds.input_shape, spec.source, model, epochs=epochs, batch_size=batch_size, lr=lr,
                                     seed=seed, compile=compile, n_folds=n_folds)
         build_model(settings.model, ds.input_shape, ds.n_classes)  # wrong model for the data fails here
-        folds = fold_plan(labels, n_folds, seed)
+        folds = fold_plan(labels, n_folds, seed, ds.class_names)
         if fold is not None and not 0 <= fold < n_folds:
             raise ParameterError("fold", f"{fold} is out of range: folds are 0..{n_folds - 1}")
         if is_new:
@@ -312,7 +319,9 @@ def _combine(run, settings, key, labels, true_labels, folds, rows_of, loaded, in
     for k, shard in shards.items():
         pred_probs[shard["rows"]] = shard["probs"]
     oof = pred_probs.argmax(1)
-    metrics = {"oof_accuracy": round(float(np.mean(oof == labels)), 6)}
+    metrics = {"oof_accuracy": round(float(np.mean(oof == labels)), 6),
+               # always predicting the largest class scores this: the floor a useful model must clear
+               "chance_accuracy": round(float(np.bincount(labels).max() / max(len(labels), 1)), 6)}
     if true_labels is not None:
         metrics["oof_accuracy_true"] = round(float(np.mean(oof == true_labels)), 6)
     per_fold = {

@@ -292,6 +292,39 @@ def _names_to_ids(raw: np.ndarray, path: Path, class_names: Sequence[str] | None
     return out
 
 
+def test_split_conflicts(path: Path, ids_test: Sequence[str], y_test: np.ndarray, class_names: Sequence[str]) -> int:
+    """How many test-split examples a label file keyed by ID (.csv with ``id``, .json object) relabels or excludes.
+
+    ``--labels`` sets training labels only; a file made for a run with another split (``cleanpipe apply``
+    writes every training example of its run) would otherwise lose those decisions without a word.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not len(ids_test) or suffix not in (".csv", ".json"):
+        return 0
+    try:
+        if suffix == ".json":
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(mapping, dict):
+                return 0
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            cols = {str(c).lower(): c for c in df.columns}
+            if ID_COLUMN not in cols or len(df.columns) < 2:
+                return 0
+            mapping = dict(zip(df[cols[ID_COLUMN]], df[_label_column(df, path)]))
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return 0  # read_labels has already said what is wrong with the file, or will
+    keys = {str(k).replace("\\", "/"): v for k, v in mapping.items()}
+    present = [(k, i) for k, i in enumerate(map(str, ids_test)) if i in keys]
+    if not present:
+        return 0
+    given = _to_ids(_object_array([keys[i] for _, i in present]), path, class_names, allow_excluded=True)
+    return int(np.sum(given != np.asarray(y_test)[[k for k, _ in present]]))
+
+
 def read_partial_labels(path: Path, ids: Sequence[str], class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labels for *some* examples, by ID: a hand-checked subset such as IEG's trusted probe set.
 

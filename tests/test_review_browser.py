@@ -98,17 +98,14 @@ def test_decide_by_clicks_and_keys_reload_export_and_apply(noisy_digits_run, tmp
 
 
 def test_five_thousand_flagged_examples_show_their_first_thumbnails_within_two_seconds(tmp_path, cli, browser):
-    """A synthetic run of 32 x 32 colour images, most of them mislabeled: the page of 5,000+ flagged opens quickly."""
+    """A synthetic run of 32 x 32 colour images whose labels say nothing of them: most are flagged, 5,000+."""
     rng = np.random.default_rng(0)
-    n, K = 7200, 4
-    y = np.arange(n) % K
-    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float32)
-    X = colours[y][:, :, None, None] * rng.uniform(0.6, 1.0, (n, 1, 32, 32)) + rng.normal(0, 20, (n, 3, 32, 32))
-    np.savez(tmp_path / "colour.npz", X=np.clip(X, 0, 255).astype(np.uint8), y=y)
+    n, K = 8000, 4
+    np.savez(tmp_path / "colour.npz", X=rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), y=np.arange(n) % K)
     run = tmp_path / "run"
-    for args in (("noise", run, "--dataset", "npz", "--data", tmp_path / "colour.npz", "--test-fraction", "0",
-                  "--kind", "symmetric", "--rate", "0.95"),
-                 ("crossval", run, "--epochs", "1", "--folds", "2", "--model", "small_cnn"), ("prune", run)):
+    for args in (("crossval", run, "--dataset", "npz", "--data", tmp_path / "colour.npz", "--test-fraction", "0",
+                  "--epochs", "1", "--folds", "2", "--model", "small_cnn"),
+                 ("prune", run, "--method", "predicted_neq_given")):  # about 3 in 4 predictions miss: ~6,000 flagged
         code, out, err = cli(*args)
         assert code == 0, err
     code, out, err = cli("review", run)

@@ -158,11 +158,18 @@ def load_dataset(spec: DataSpec) -> Dataset:
     except (OSError, ValueError, KeyError, EOFError, IndexError) as e:
         raise CleanpipeError(f"could not read {spec.source} data at {spec.path}: {e}") from None
     if spec.labels:
-        from cleanpipe.labels import EXCLUDED, read_labels
+        from cleanpipe.labels import EXCLUDED, read_labels, test_split_conflicts
 
         labels = read_labels(
             Path(spec.labels), n=len(ds.y_train), ids=ds.ids_train, class_names=ds.class_names, allow_excluded=True
         )
+        moved = test_split_conflicts(Path(spec.labels), ds.ids_test, ds.y_test, ds.class_names)
+        if moved:
+            raise CleanpipeError(
+                f"labels file {spec.labels} relabels or excludes {moved:,} example(s) that are in this run's test split, "
+                "where --labels does not reach; use the --test-fraction and --split-seed of the run it came from "
+                "(`cleanpipe apply` printed them), e.g. --test-fraction 0"
+            )
         ds.meta["labels_file"] = str(spec.labels)
         kept = labels != EXCLUDED
         if not kept.all():  # examples a reviewer excluded (`cleanpipe apply`): gone from every stage

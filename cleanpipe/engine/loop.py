@@ -104,6 +104,10 @@ def cosine_restarts(step: int, first: float, peak: float, t_mul: float = 1.5, m_
     return peak * m_mul**i * 0.5 * (1 + math.cos(math.pi * frac))
 
 
+MIN_STEPS = 8  # steps per epoch at least, where the data allow batches of MIN_BATCH
+MIN_BATCH = 16
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up over ``warmup`` of the steps, then linear (one-cycle) or cosine decay to 0; or cosine restarts."""
     if cfg.schedule == "restarts":
@@ -205,7 +209,9 @@ def fit(
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
     rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
     n = len(rows_t)
-    bs = min(cfg.batch_size, n)
+    # Small data: shrink the batch so that an epoch still takes MIN_STEPS steps (200 images at batch 256
+    # would give one step an epoch, and a model that learns nothing); large data keeps cfg.batch_size.
+    bs = min(cfg.batch_size, n, max(MIN_BATCH, n // MIN_STEPS))
     steps_per_epoch = max(1, n // bs)  # drop the ragged last batch: BatchNorm dislikes tiny ones
     total = cfg.epochs * steps_per_epoch
     report_every = max(1, steps_per_epoch // 20)  # progress updates cost host time; ~20 per epoch suffice
