@@ -104,7 +104,7 @@ def cosine_restarts(step: int, first: float, peak: float, t_mul: float = 1.5, m_
     return peak * m_mul**i * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-MIN_STEPS = 8  # steps per epoch at least, where the data allow batches of MIN_BATCH
+MIN_STEPS = 4  # steps per epoch at least, where the data allow batches of MIN_BATCH
 MIN_BATCH = 16
 
 
