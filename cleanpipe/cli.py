@@ -250,6 +250,18 @@ def crossval(
     fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based) as its own job; join later with --combine."),
     combine: bool = typer.Option(False, "--combine", help="Join the finished fold shards into pred_probs.npy."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA; adds ~7-10 s of compilation per fold, so only long runs gain)."),
+    executor: str = typer.Option("local", "--executor", help="local (here, fold after fold) | ray (a Ray task per fold) | slurm (a submitit job array).", rich_help_panel="Where folds run"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: a running cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine.", rich_help_panel="Where folds run"),
+    cpus_per_fold: int = typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel="Where folds run"),
+    gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 when CUDA is visible, else 0).", rich_help_panel="Where folds run"),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel="Where folds run"),
+    slurm_time: int = typer.Option(60, "--slurm-time", help="slurm: minutes per fold before Slurm stops it.", rich_help_panel="Where folds run"),
+    slurm_gpus_per_fold: int = typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel="Where folds run"),
+    slurm_array_parallelism: int = typer.Option(64, "--slurm-array-parallelism", help="slurm: folds running at once at most.", rich_help_panel="Where folds run"),
+    slurm_option: list[str] = typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable), e.g. account=ml.", rich_help_panel="Where folds run"),
+    slurm_cluster: str = typer.Option("slurm", "--slurm-cluster", help="slurm: slurm, or local to run the same job array as local processes (to try it out).", rich_help_panel="Where folds run"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the array and combine, or print its job ID and leave `--combine` for later.", rich_help_panel="Where folds run"),
+    device_memory: Optional[str] = typer.Option(None, "--device-memory", help="Device memory the dataset may take (e.g. 8GB); larger data is streamed from host memory. Default: half the free GPU memory; no limit on CPU.", rich_help_panel="Where folds run"),
     dataset: Optional[str] = DatasetOpt,
     data: Optional[Path] = DataOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json), for data whose labels are really noisy.", rich_help_panel="Data"),
@@ -277,16 +289,50 @@ def crossval(
 
     spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
     _set_threads(threads)
+    where = executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time,
+                             slurm_gpus_per_fold, slurm_array_parallelism, slurm_option, slurm_cluster, wait, device_memory)
     with RichProgress(console) as progress:
         stage = run_crossval_stage(
             Run(run_dir), spec=spec, model=model, n_folds=n_folds, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, fold=fold, combine=combine, compile=compile_, progress=progress,
+            threads=threads, **where,
         )
     print_crossval_summary(run_dir, stage)
 
 
+def executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time, slurm_gpus_per_fold,
+                     slurm_array_parallelism, slurm_option, slurm_cluster, wait, device_memory) -> dict:
+    """run_crossval_stage's executor arguments from the CLI's options, checked."""
+    from cleanpipe.executors import EXECUTORS, RayOptions, SlurmOptions
+    from cleanpipe.validation import check_choice, check_number, parse_bytes
+
+    check_choice(executor, "executor", EXECUTORS)
+    check_choice(slurm_cluster, "slurm_cluster", ("slurm", "local"))
+    check_number(cpus_per_fold, "cpus_per_fold", low=1)
+    check_number(slurm_time, "slurm_time", low=1)
+    check_number(slurm_array_parallelism, "slurm_array_parallelism", low=1)
+    if gpus_per_fold is not None:
+        check_number(gpus_per_fold, "gpus_per_fold", low=0)
+    extra = {}
+    for item in slurm_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError("slurm_option", f"must be KEY=VALUE (an sbatch option without its dashes), got {item!r}")
+        extra[key.strip().replace("-", "_")] = value.strip()
+    return {"executor": executor,
+            "ray": RayOptions(address=address, cpus_per_fold=cpus_per_fold, gpus_per_fold=gpus_per_fold),
+            "slurm": SlurmOptions(partition=slurm_partition, time_min=slurm_time, gpus_per_fold=slurm_gpus_per_fold,
+                                  cpus_per_fold=cpus_per_fold, array_parallelism=slurm_array_parallelism, extra=extra,
+                                  cluster=slurm_cluster, wait=wait),
+            "device_memory": None if device_memory is None else parse_bytes(device_memory, "device_memory")}
+
+
 def print_crossval_summary(run_dir: Path, stage) -> None:
     s = stage.settings
+    if stage.manifest is None and stage.job_id is not None:
+        console.print(f"[bold green]crossval[/] submitted Slurm job array {stage.job_id} "
+                      f"(folds {', '.join(map(str, stage.missing))}); when it is done: cleanpipe crossval {run_dir} --combine")
+        return
     if stage.manifest is None:
         left = ", ".join(map(str, stage.missing))
         console.print(

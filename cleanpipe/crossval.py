@@ -23,7 +23,7 @@ import numpy as np
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.recipes import FitSettings, fit_settings
 from cleanpipe.run import Run
-from cleanpipe.validation import ParameterError, check_number
+from cleanpipe.validation import ParameterError, check_choice, check_number
 
 SHARDS = "shards"
 
@@ -107,6 +107,7 @@ def train_fold(
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    device_memory: int | None = None,
 ) -> FoldResult:
     """Train a fresh model on every fold but ``fold`` and predict ``fold``'s rows.
 
@@ -124,6 +125,9 @@ def train_fold(
     device : {'auto', 'cpu', 'cuda'}
     checkpoint : Path, optional
         Per-epoch checkpoint of this fold's model (resumed from when present).
+    device_memory : int, optional
+        Bytes of device memory the dataset may take; larger data is streamed from host memory
+        (:class:`cleanpipe.engine.DeviceData`). None: a share of the free memory on CUDA, unlimited on CPU.
 
     Returns
     -------
@@ -148,7 +152,7 @@ def train_fold(
         return FoldResult(fold, test_rows, probs, time.perf_counter() - t0, "cpu (scikit-learn)")
     dev = resolve_device(device)
     cfg = settings.train_config(seed)
-    data = DeviceData(X, dev, fit_rows=train_rows)
+    data = DeviceData(X, dev, fit_rows=train_rows, budget=device_memory)
     nets = fit(model, data, labels, train_rows, cfg, checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch)
     probs = predict_proba(nets, data, test_rows, cfg)
     return FoldResult(fold, test_rows, probs, time.perf_counter() - t0, device_name(dev))
@@ -157,7 +161,7 @@ def train_fold(
 # ---- shards ------------------------------------------------------------------------------
 
 
-def _shard_path(run: Run, fold: int) -> Path:
+def fold_shard_path(run: Run, fold: int) -> Path:
     return run.path("crossval", SHARDS) / f"fold_{fold}.npz"
 
 
@@ -202,8 +206,9 @@ class CrossvalStage:
     n_folds: int
     trained: list[int]
     reused: list[int]
-    manifest: dict | None = None  # None after a single --fold job
+    manifest: dict | None = None  # None after a single --fold job (or a Slurm array left running)
     missing: list[int] = field(default_factory=list)
+    job_id: str | None = None  # the Slurm job array's ID
 
 
 def run_crossval_stage(
@@ -220,6 +225,11 @@ def run_crossval_stage(
     fold: int | None = None,
     combine: bool = False,
     compile: bool = False,
+    executor: str = "local",
+    ray=None,
+    slurm=None,
+    threads: int | None = None,
+    device_memory: int | None = None,
     progress=None,
 ) -> CrossvalStage:
     """Out-of-fold ``pred_probs`` for a run's training split, into ``RUN/crossval/``.
@@ -227,6 +237,11 @@ def run_crossval_stage(
     Trains on the run's noisy labels when it has a noise stage, else on the dataset's
     labels. ``fold`` runs that single fold and saves its shard; ``combine`` only joins
     existing shards; neither: every fold without a valid shard, then the combination.
+
+    ``executor`` runs the folds here (``local``), as Ray tasks (``ray``; options ``ray``, a
+    :class:`cleanpipe.executors.RayOptions`) or as a Slurm job array (``slurm``; options ``slurm``, a
+    :class:`cleanpipe.executors.SlurmOptions`); each writes the same shards. ``threads`` sets torch's
+    threads per fold (a fold's numbers on the CPU depend on it).
     """
     from cleanpipe.engine import resolve_device
     from cleanpipe.models import build_model
@@ -237,6 +252,12 @@ def run_crossval_stage(
     if fold is not None and combine:
         raise CleanpipeError("--fold and --combine are separate jobs: run each fold with --fold I, then --combine once")
     resolve_device(device)  # fail now on --device cuda without a GPU
+    from cleanpipe.executors import EXECUTORS, preflight
+
+    check_choice(executor, "executor", EXECUTORS)
+    preflight(executor, ray, slurm)
+    if executor != "local" and fold is not None:
+        raise CleanpipeError("--fold runs one fold here; leave it out with --executor ray or slurm, which run every fold")
 
     with run.transaction():
         spec, ds, is_new = run.bind_dataset(spec)
@@ -252,38 +273,80 @@ def run_crossval_stage(
         key = settings.key(labels, ds.fingerprint())
 
         rows_of = {k: np.flatnonzero(folds == k) for k in range(n_folds)}
-        shards = {k: load_shard(_shard_path(run, k)) for k in range(n_folds)}  # each read once
+        shards = {k: load_shard(fold_shard_path(run, k)) for k in range(n_folds)}  # each read once
         valid = {k for k in range(n_folds) if _valid_shard(shards[k], key, rows_of[k])}
         todo = [fold] if fold is not None else ([] if combine else [k for k in range(n_folds) if k not in valid])
         stage = CrossvalStage(settings, n_folds, trained=[], reused=sorted(valid - set(todo)))
 
-        if todo:
-            progress.start("folds", len(todo), level=0)
-        for k in todo:
-            ckpt = run.path("crossval", SHARDS) / f"fold_{k}.ckpt.pt"
-            progress.start(f"fold {k} epochs", settings.epochs, level=1)
-            progress.start("batches", 1, level=2)
-            new_epoch = [True]  # the batch bar restarts with each epoch
+        from cleanpipe.executors import FoldJob, RayOptions, SlurmOptions, run_fold
 
-            def on_epoch(e, m):
-                progress.advance(1, completed=e + 1, note=f"loss {m['loss']:.3f} acc {m['train_accuracy']:.3f}")
-                new_epoch[0] = True
+        job = FoldJob(ds.X_train, labels, folds, settings, ds.n_classes, device, threads, device_memory)
+        failed: dict[int, str] = {}
 
-            def on_batch(s, total):
-                if new_epoch[0]:
-                    progress.start("batches", total, level=2)
-                    new_epoch[0] = False
-                progress.advance(2, completed=s)
-
-            result = train_fold(
-                ds.X_train, labels, folds, k, settings, ds.n_classes,
-                device=device, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch,
-            )
-            shards[k] = save_shard(_shard_path(run, k), result, key, settings)
-            ckpt.unlink(missing_ok=True)
+        def finished(k: int, result) -> None:  # the driver writes each shard as it arrives
+            shards[k] = save_shard(fold_shard_path(run, k), result, key, settings)
             acc = float(np.mean(result.probs.argmax(1) == labels[result.rows]))
             stage.trained.append(k)
             progress.advance(0, note=f"fold {k}: acc {acc:.3f} in {result.seconds:.1f}s")
+
+        if todo:
+            progress.start("folds", len(todo), level=0)
+        if todo and executor == "ray":
+            from cleanpipe.executors import ray_folds
+
+            for k, result, error in ray_folds(job, todo, ray or RayOptions()):
+                if error is None:
+                    finished(k, result)
+                else:
+                    failed[k] = error
+                    progress.advance(0, note=f"fold {k} failed")
+        elif todo and executor == "slurm":
+            from cleanpipe.executors import SlurmFold, submit_slurm, wait_slurm
+
+            opts = slurm or SlurmOptions()
+            task = SlurmFold(str(run.root.resolve()), settings, n_folds, seed, device,
+                             threads if threads is not None else opts.cpus_per_fold, device_memory)
+            jobs = submit_slurm(task, todo, opts, run.path("crossval", "slurm"))
+            stage.job_id = str(jobs[0].job_id).split("_")[0]
+            if not opts.wait:
+                stage.missing = todo
+                return stage
+
+            def ended(k: int, error: str | None) -> None:
+                shard = load_shard(fold_shard_path(run, k))  # written by the task on the shared filesystem
+                if error is None and _valid_shard(shard, key, rows_of[k]):
+                    shards[k] = shard
+                    stage.trained.append(k)
+                    progress.advance(0, note=f"fold {k}: done in {float(shard['seconds']):.1f}s")
+                else:
+                    failed[k] = error or "the task ended without a valid shard"
+                    progress.advance(0, note=f"fold {k} failed")
+
+            wait_slurm(jobs, todo, ended)
+        else:
+            for k in todo:
+                ckpt = run.path("crossval", SHARDS) / f"fold_{k}.ckpt.pt"
+                progress.start(f"fold {k} epochs", settings.epochs, level=1)
+                progress.start("batches", 1, level=2)
+                new_epoch = [True]  # the batch bar restarts with each epoch
+
+                def on_epoch(e, m):
+                    progress.advance(1, completed=e + 1, note=f"loss {m['loss']:.3f} acc {m['train_accuracy']:.3f}")
+                    new_epoch[0] = True
+
+                def on_batch(s, total):
+                    if new_epoch[0]:
+                        progress.start("batches", total, level=2)
+                        new_epoch[0] = False
+                    progress.advance(2, completed=s)
+
+                finished(k, run_fold(job, k, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch))
+                ckpt.unlink(missing_ok=True)
+        if failed:
+            kept = f"; the {len(stage.trained)} finished fold(s) are kept" if stage.trained else ""
+            k, why = next(iter(sorted(failed.items())))
+            raise CleanpipeError(f"fold(s) {', '.join(map(str, sorted(failed)))} failed (fold {k}: {why}){kept}; "
+                                 "re-run the same command to retry only those")
         if fold is not None:
             stage.missing = [k for k in range(n_folds) if not _valid_shard(shards[k], key, rows_of[k])]
             return stage
@@ -337,7 +400,7 @@ def _combine(run, settings, key, labels, true_labels, folds, rows_of, loaded, in
     metrics["train_examples_per_second"] = round(
         settings.epochs * (len(labels) * (settings.n_folds - 1)) / max(train_seconds, 1e-9), 1
     )
-    with run.write_stage("crossval", keep=(SHARDS,), started=started) as w:
+    with run.write_stage("crossval", keep=(SHARDS, "slurm"), started=started) as w:  # slurm: the array's logs
         for p in inputs:
             w.record_input(p)
         w.save_npy("pred_probs.npy", pred_probs)

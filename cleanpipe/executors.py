@@ -82,6 +82,35 @@ def run_fold(job: FoldJob, k: int, checkpoint: Path | None = None, on_epoch=None
                       checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch, device_memory=job.device_memory)
 
 
+def preflight(executor: str, ray: "RayOptions | None", slurm: "SlurmOptions | None") -> None:
+    """Fail before any work or file when an executor cannot run: its extra missing, no Slurm, an unreachable address."""
+    if executor == "ray":
+        _import_ray()
+        if ray is not None and ray.address and ray.address != "auto":
+            _reachable(ray.address)
+    elif executor == "slurm":
+        _import_submitit()
+        if (slurm is None or slurm.cluster == "slurm") and shutil.which("sbatch") is None:
+            raise CleanpipeError("--executor slurm: no Slurm here (sbatch not found); run on a Slurm login node, "
+                                 "or use --executor ray or local")
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to ``[ray://]host:port`` opens, else one clear line (Ray itself waits minutes to give up)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CleanpipeError(f"--address {address}: expected HOST:PORT (the head node's GCS port, e.g. 10.0.0.5:6379), "
+                             "ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise CleanpipeError(f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+                             "`ray start --head` or check the address, or leave --address out to run Ray here") from None
+
+
 # ---- Ray --------------------------------------------------------------------------------------
 
 
@@ -184,9 +213,7 @@ class SlurmFold:
 def submit_slurm(task: SlurmFold, todo: list[int], options: SlurmOptions, folder: Path):
     """Submit ``todo`` as one job array; returns the submitit jobs (fold order)."""
     submitit = _import_submitit()
-    if options.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise CleanpipeError("--executor slurm: no Slurm here (sbatch not found); run on a Slurm login node, "
-                             "or use --executor ray or local")
+    preflight("slurm", None, options)
     folder.mkdir(parents=True, exist_ok=True)
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=options.cluster)
     params = dict(timeout_min=options.time_min, cpus_per_task=options.cpus_per_fold, name="cleanpipe-crossval",

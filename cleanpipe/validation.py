@@ -78,3 +78,21 @@ def check_choice(value, name: str, choices: Iterable[str]):
         listed = " or ".join(choices) if len(choices) <= 2 else ", ".join(choices[:-1]) + " or " + choices[-1]
         raise ParameterError(name, f"must be {listed}, got {value!r}")
     return value
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str, name: str) -> int:
+    """``"24GB"``, ``"500MiB"``, ``"1.5g"`` or ``"1000000"`` as a number of bytes, else a ParameterError."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise ParameterError(name, f"must be a size such as 24GB, 500MB or 2GiB, got {text!r}")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value < 1:
+        raise ParameterError(name, f"must be at least 1 byte, got {text!r}")
+    return value

@@ -117,3 +117,17 @@ def browser(tmp_path):
         yield drv
     finally:
         drv.quit()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache(tmp_path_factory):
+    """Decoded image folders are cached in a folder of the test session's own, never in ~/.cache."""
+    import os
+
+    old = os.environ.get("CLEANPIPE_CACHE")
+    os.environ["CLEANPIPE_CACHE"] = str(tmp_path_factory.mktemp("cleanpipe-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CLEANPIPE_CACHE", None)
+    else:
+        os.environ["CLEANPIPE_CACHE"] = old

@@ -114,26 +114,82 @@ def _image_extensions() -> set[str]:
     return {ext.lower() for ext in Image.registered_extensions()}
 
 
+def cache_dir() -> Path:
+    """Where decoded image folders are kept: ``$CLEANPIPE_CACHE``, else ``$XDG_CACHE_HOME/cleanpipe``, else ``~/.cache/cleanpipe``."""
+    if os.environ.get("CLEANPIPE_CACHE"):
+        return Path(os.environ["CLEANPIPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cleanpipe"
+
+
+def _cache_key(files: list[Path], size: int) -> str:
+    """The file list, each file's size and modification time, and the image size: any change makes a new key."""
+    import hashlib
+
+    h = hashlib.sha256(f"cleanpipe-images-1\n{size}\n".encode())
+    for f in map(os.path.abspath, map(str, files)):  # plain strings: pathlib costs more than the stat
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _read_images(files: list[Path], size: int) -> np.ndarray:
-    """uint8 (N, C, size, size): C = 1 if every image is greyscale, else 3 (grey ones replicated)."""
+    """uint8 (N, C, size, size): C = 1 if every image is greyscale, else 3 (grey ones replicated).
+
+    Decoded once, in parallel, then kept as a ``.npy`` in :func:`cache_dir` keyed by the file list and
+    size: every later stage (and every later run on the same folder) loads that array instead.
+    """
+    key = _cache_key(files, size) if files else None
+    cached = cache_dir() / "images" / f"{key}.npy" if key else None
+    if cached is not None and cached.is_file():
+        try:
+            return np.load(cached, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            pass  # a torn cache file: decode again and replace it
+    X = _decode_images(files, size)
+    if cached is not None:
+        try:
+            from cleanpipe.run import atomic_write_bytes
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, X, allow_pickle=False)
+            atomic_write_bytes(cached, buf.getvalue())
+        except OSError:
+            pass  # an unwritable cache only costs speed
+    return X
+
+
+def _decode_images(files: list[Path], size: int) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
     resample = getattr(Image, "Resampling", Image).BILINEAR
-    grey = np.zeros(len(files), dtype=bool)
-    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    for i, f in enumerate(files):
+
+    def decode(f: Path) -> tuple[bool, np.ndarray]:
         try:
             with Image.open(f) as im:
-                grey[i] = im.mode in GREY_MODES
-                im = im.convert("L" if grey[i] else "RGB").resize((size, size), resample)
-                a = np.asarray(im, dtype=np.uint8)
+                grey = im.mode in GREY_MODES
+                im = im.convert("L" if grey else "RGB").resize((size, size), resample)
+                return grey, np.asarray(im, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise CleanpipeError(f"{f}: not a readable image ({e}); fix or remove it") from None
-        out[i] = a[:, :, None] if grey[i] else a  # a grey image fills all three channels
+
+    grey = np.zeros(len(files), dtype=bool)
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    # Pillow decodes without the GIL: threads use every core, and map keeps the files' order.
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        for i, (g, a) in enumerate(pool.map(decode, files, chunksize=64)):
+            grey[i] = g
+            out[i] = a[:, :, None] if g else a  # a grey image fills all three channels
     if len(files) and grey.all():
         return np.ascontiguousarray(out[:, None, :, :, 0])
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 def _rel(files: list[Path], root: Path) -> np.ndarray:
+    prefix = str(root).rstrip(os.sep) + os.sep
+    names = [str(f) for f in files]
+    if all(n.startswith(prefix) for n in names):  # the usual case, without pathlib's per-file parsing
+        return np.array([n[len(prefix):].replace(os.sep, "/") for n in names], dtype=str)
     return np.array([f.relative_to(root).as_posix() for f in files], dtype=str)

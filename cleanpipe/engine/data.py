@@ -6,12 +6,30 @@ import numpy as np
 import torch
 
 
+STREAM_SHARE = 0.5  # of the free CUDA memory the dataset may take before it is streamed from host memory
+
+
+def device_budget(device: torch.device, budget: int | None = None) -> int | None:
+    """Bytes of device memory the dataset may take: ``budget`` if given, else half the free CUDA memory;
+    None (no limit) on the CPU, where host memory is the device's."""
+    if budget is not None:
+        return int(budget)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * STREAM_SHARE)
+    return None
+
+
 class DeviceData:
     """All features as one tensor on the device; batches are sliced and augmented there.
 
     Images stay uint8 (N, C, H, W) until a batch is taken, which keeps 50,000 CIFAR
     images at 150 MB. Normalisation statistics come from the rows given as ``fit_rows``
     (the training part only), so held-out rows never leak into them.
+
+    Data larger than the device budget stay in host memory (pinned, on CUDA) and each batch is
+    gathered there and copied over without blocking (``streamed``): the same batches, the same
+    numbers on the CPU, at the cost of one host-to-device copy per batch.
 
     Parameters
     ----------
@@ -22,30 +40,62 @@ class DeviceData:
         int indices whose statistics normalise every batch; default all rows.
     stats : DeviceData, optional
         Normalise with another array's statistics instead (a test split scored like its training data).
+    budget : int, optional
+        Device bytes the features may take (:func:`device_budget`); beyond it they are streamed.
     """
 
     def __init__(self, X: np.ndarray, device: torch.device, fit_rows: np.ndarray | None = None,
-                 stats: "DeviceData | None" = None) -> None:
+                 stats: "DeviceData | None" = None, budget: int | None = None) -> None:
         self.device = device
         self.is_image = X.ndim == 4
         X = np.ascontiguousarray(X)
         if not X.flags.writeable:  # torch wants writable memory (np.frombuffer, memory maps)
             X = X.copy()
-        self.X = torch.from_numpy(X).to(device)
+        limit = device_budget(device, budget)
+        self.streamed = limit is not None and X.nbytes > limit
+        host = torch.from_numpy(X)
+        if self.streamed:
+            self.X = host.pin_memory() if device.type == "cuda" else host
+            self._buffers: list = []  # pinned staging buffers, used in turn, each with its copy's event
+        else:
+            self.X = host.to(device)
         if stats is not None:
             self.mean, self.std = stats.mean.to(device), stats.std.to(device)
             return
-        ref = self.X if fit_rows is None else self.X[torch.as_tensor(fit_rows, device=device)]
+        # Streamed data: the statistics are computed where the data lives (the same code, so the same numbers on the CPU).
+        rows = None if fit_rows is None else torch.as_tensor(fit_rows, device=self.X.device)
+        ref = self.X if rows is None else self.X[rows]
         if self.is_image:
             ref = ref.float() / 255.0
-            self.mean = ref.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
-            self.std = ref.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
+            self.mean = ref.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+            self.std = ref.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1).to(device)
         else:
-            self.mean = ref.mean(dim=0, keepdim=True)
-            self.std = ref.std(dim=0, keepdim=True).clamp_min(1e-6)
+            self.mean = ref.mean(dim=0, keepdim=True).to(device)
+            self.std = ref.std(dim=0, keepdim=True).clamp_min(1e-6).to(device)
 
     def __len__(self) -> int:
         return len(self.X)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` as stored (uint8 images or float32 features), on the device."""
+        if not self.streamed:
+            return self.X[idx]
+        idx = idx.cpu()
+        if self.device.type != "cuda":
+            return self.X[idx]
+        # Gather into a pinned buffer and copy without blocking; a buffer is reused only once its copy is done.
+        shape = (len(idx), *self.X.shape[1:])
+        if len(self._buffers) < 2 or self._buffers[0][0].shape != shape:
+            self._buffers = [(torch.empty(shape, dtype=self.X.dtype).pin_memory(), None) for _ in range(2)]
+        buf, event = self._buffers.pop(0)
+        if event is not None:
+            event.synchronize()
+        torch.index_select(self.X, 0, idx, out=buf)
+        out = buf.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._buffers.append((buf, event))
+        return out
 
     def batch(self, idx: torch.Tensor, augment: "Augment | None" = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Float32 normalised features of rows ``idx``, augmented as a whole batch."""
@@ -54,7 +104,7 @@ class DeviceData:
     def batch_raw(self, idx: torch.Tensor, augment: "Augment | None" = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
         """Rows ``idx`` before normalisation: images as float32 in [0, 1] (augmented), features as stored."""
-        x = self.X[idx]
+        x = self.rows(idx)
         if self.is_image:
             x = x.float() / 255.0
             if augment is not None:
