@@ -181,3 +181,37 @@ def test_rows_within_two_percent_of_one_are_renormalised_with_a_note(tmp_path, c
     np.save(tmp_path / "far.npy", (probs * 0.97).astype(np.float32))  # 3% off: not probabilities
     code, out, err = cli("prune", tmp_path / "r2", "--pred-probs", tmp_path / "far.npy", "--labels", tmp_path / "labels.npy")
     assert code == 2 and "sums to 0.97" in err and not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("method, extra", [("prune_by_noise_rate", {}), ("prune_by_class", {}), ("both", {}),
+                                           ("prune_by_noise_rate", {"frac_noise": 0.5}),
+                                           ("both", {"num_to_remove_per_class": [30, 0, 10, 5, 20]})])
+def test_the_low_memory_route_gives_cleanlabs_own_mask(method, extra):
+    """find_issues prunes class by class (no copy of pred_probs) and must flag exactly what cleanlab flags."""
+    import cleanlab.filter
+
+    from cleanpipe.detect.confident import _LOW_MEMORY, find_issues
+
+    assert _LOW_MEMORY  # the cleanlab installed here has the per-class steps it relies on
+    rng = np.random.default_rng(1)
+    n, k = 5000, 5
+    truth = rng.integers(0, k, n)
+    labels = np.where(rng.random(n) < 0.2, rng.integers(0, k, n), truth)
+    logits = rng.normal(0, 1, (n, k)) + 2.5 * np.eye(k)[truth]
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    ours = find_issues(labels, probs, method, **extra).issue_mask
+    theirs = cleanlab.filter.find_label_issues(labels, probs, filter_by=method, n_jobs=1, **extra)
+    assert ours.sum() > 10 and np.array_equal(ours, theirs)
+
+
+def test_the_chunked_confident_joint_is_cleanlabs():
+    from cleanlab.count import compute_confident_joint
+
+    from cleanpipe.detect.confident import confident_joint
+
+    rng = np.random.default_rng(2)
+    n, k = 3000, 6
+    labels = rng.integers(0, k, n)
+    probs = rng.dirichlet(np.ones(k) * 0.3, n).astype(np.float32)
+    probs[:50] = np.eye(k, dtype=np.float32)[labels[:50]]  # saturated rows: ties at the thresholds
+    assert np.array_equal(confident_joint(labels, probs, chunk=257), compute_confident_joint(labels, probs, calibrate=True))

@@ -18,6 +18,7 @@ plus cleanlab's ``low_normalized_margin`` and ``low_self_confidence``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -89,7 +90,8 @@ def worst_first(issue_mask: np.ndarray, label_quality: np.ndarray) -> np.ndarray
     return np.lexsort((np.arange(len(issue_mask)), label_quality, ~issue_mask)).astype(np.int64)
 
 
-RENORMALISE_WITHIN = 0.02  # rows further than this from summing to 1 are not probabilities
+RENORMALISE_WITHIN = 0.02
+REDUCE_CHUNK_ROWS = 65_536  # rows per step of the chunked passes over pred_probs  # rows further than this from summing to 1 are not probabilities
 
 
 def validate_inputs(labels: np.ndarray, pred_probs: np.ndarray, *, source: str = "pred_probs") -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -116,12 +118,15 @@ def validate_inputs(labels: np.ndarray, pred_probs: np.ndarray, *, source: str =
         raise CleanpipeError(
             f"labels must lie in 0..{k - 1} (pred_probs has {k} columns), found {labels.min()}..{labels.max()}"
         )
-    p = pred_probs.astype(np.float32)
-    if not np.isfinite(p).all():
-        raise CleanpipeError(f"{source}: {int((~np.isfinite(p)).any(axis=1).sum()):,} rows hold NaN or infinite values")
-    if (p < 0).any():
-        raise CleanpipeError(f"{source}: {int((p < 0).any(axis=1).sum()):,} rows hold negative values; these are not probabilities")
-    sums = p.astype(np.float64).sum(axis=1)
+    # No full-size temporaries: a million rows of 100 classes are 400 MB, and a float64 copy would be 800 more.
+    p = np.asarray(pred_probs, dtype=np.float32)
+    owned = p is not pred_probs and not np.shares_memory(p, pred_probs)
+    sums = p.sum(axis=1, dtype=np.float64)
+    if not np.isfinite(sums).all():  # NaN and infinities reach the row sums
+        raise CleanpipeError(f"{source}: {int((~np.isfinite(sums)).sum()):,} rows hold NaN or infinite values")
+    if n and p.min() < 0:
+        bad = sum(int((p[s:s + 65_536] < 0).any(axis=1).sum()) for s in range(0, n, 65_536))
+        raise CleanpipeError(f"{source}: {bad:,} rows hold negative values; these are not probabilities")
     off = np.abs(sums - 1.0)
     if off.max(initial=0.0) > RENORMALISE_WITHIN:
         worst = int(off.argmax())
@@ -130,7 +135,10 @@ def validate_inputs(labels: np.ndarray, pred_probs: np.ndarray, *, source: str =
         )
     note = None
     if off.max(initial=0.0) > 1e-6:
-        p = (p / sums[:, None]).astype(np.float32)
+        out = p if owned else np.empty_like(p)  # in place only on our own copy
+        for s in range(0, n, 65_536):  # divided in float64, as one whole-array division would, in chunks
+            out[s:s + 65_536] = p[s:s + 65_536] / sums[s:s + 65_536, None]
+        p = out
         moved = int((off > 1e-6).sum())
         note = (f"renormalised {moved:,} row(s) that summed to {sums.min():.4f}..{sums.max():.4f} "
                 f"(largest deviation from 1: {off.max():.4f})")
@@ -172,7 +180,7 @@ def find_issues(
         cleanlab's worker processes (1 by default: on few cores a pool costs more than it gains).
     """
     import cleanlab.filter
-    from cleanlab.count import estimate_joint, estimate_py_and_noise_matrices_from_probabilities
+    from cleanlab.count import estimate_joint
     from cleanlab.rank import get_label_quality_scores
 
     method = canonical_method(method)
@@ -188,19 +196,23 @@ def find_issues(
             raise CleanpipeError(f"--num-to-remove-per-class applies only to {', '.join(_COUNTED)}, not {method}")
         if len(num_to_remove_per_class) != K or min(num_to_remove_per_class) < 0:
             raise CleanpipeError(f"--num-to-remove-per-class needs {K} non-negative counts, one per class")
+    from cleanlab.count import estimate_latent
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab's advisory warnings are summarised by our report
-        mask = cleanlab.filter.find_label_issues(
-            labels, pred_probs, filter_by=method, frac_noise=frac_noise,
-            num_to_remove_per_class=num_to_remove_per_class, n_jobs=n_jobs,
-        )
+        # One calibrated confident joint serves the mask, the noise matrix and the joint (cleanlab would
+        # compute it three times); with the same defaults as find_label_issues and estimate_py_and_noise...
+        cj = confident_joint(labels, pred_probs)
+        if method in _COUNTED and _LOW_MEMORY:
+            mask = _counted_issues(labels, pred_probs, method, cj, frac_noise, num_to_remove_per_class)
+        else:
+            mask = cleanlab.filter.find_label_issues(
+                labels, pred_probs, filter_by=method, frac_noise=frac_noise, confident_joint=cj,
+                num_to_remove_per_class=num_to_remove_per_class, n_jobs=n_jobs,
+            )
         quality = get_label_quality_scores(labels, pred_probs, method=rank_by)
-        _, noise_matrix, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, pred_probs)
-        joint = estimate_joint(labels, pred_probs)
-    # cleanlab keeps a per-class copy of pred_probs in a module global after multiprocessing runs.
-    for name in ("pred_probs_by_class", "prune_count_matrix_cols"):
-        if hasattr(cleanlab.filter, name):
-            delattr(cleanlab.filter, name)
+        _, noise_matrix, _ = estimate_latent(cj, labels, py_method="cnt", converge_latent_estimates=True)
+        joint = estimate_joint(None, pred_probs, confident_joint=cj)
     mask = np.asarray(mask, dtype=bool)
     quality = np.asarray(quality, dtype=np.float64)
     return Detection(
@@ -212,6 +224,97 @@ def find_issues(
         estimated_noise_rate=float(1.0 - np.trace(joint)),
     )
 
+
+
+def confident_joint(labels: np.ndarray, pred_probs: np.ndarray, chunk: int = REDUCE_CHUNK_ROWS) -> np.ndarray:
+    """The calibrated confident joint C (K x K, rows: given label, columns: true label), in row chunks.
+
+    The Confident Learning definition, as cleanlab's ``compute_confident_joint`` computes it: thresholds
+    t_j are the mean probability of class j over the examples labeled j; an example counts towards
+    C[given, j] for the class j it is confidently in (p_j >= t_j - 1e-6; the argmax of p when several
+    classes pass, none when none does); the diagonal is at least 1; then calibrated to the label counts.
+    The counts are integers, so chunks give exactly cleanlab's matrix, without its N x K boolean array.
+    """
+    from cleanlab.count import calibrate_confident_joint, get_confident_thresholds
+
+    K = pred_probs.shape[1]
+    thresholds = np.asarray(get_confident_thresholds(labels, pred_probs)) - 1e-6
+    counts = np.zeros(K * K, dtype=np.int64)
+    for s in range(0, len(labels), chunk):
+        p = pred_probs[s:s + chunk]
+        confident = p >= thresholds
+        n_confident = confident.sum(axis=1)
+        guess = np.where(n_confident > 1, p.argmax(axis=1), confident.argmax(axis=1))
+        counted = n_confident > 0
+        counts += np.bincount(labels[s:s + chunk][counted] * K + guess[counted], minlength=K * K)
+    cj = counts.reshape(K, K)
+    np.fill_diagonal(cj, cj.diagonal().clip(min=1))
+    return calibrate_confident_joint(cj, labels)
+
+
+def _has_low_memory_route() -> bool:
+    try:
+        import cleanlab.count
+        import cleanlab.filter
+    except ImportError:
+        return False
+    return all(hasattr(cleanlab.filter, f) for f in ("_keep_at_least_n_per_class", "_prune_by_count", "_prune_by_class")) \
+        and hasattr(cleanlab.count, "_reduce_issues") and hasattr(cleanlab.filter, "round_preserving_row_totals")
+
+
+_LOW_MEMORY = _has_low_memory_route()  # else cleanlab's find_label_issues, which copies pred_probs by class
+REDUCE_CHUNK = 65_536  # rows per step of the final "prediction agrees with the label" check
+
+
+def _counted_issues(labels: np.ndarray, pred_probs: np.ndarray, method: str, cj: np.ndarray, frac_noise: float,
+                    num_to_remove_per_class: list[int] | None) -> np.ndarray:
+    """find_label_issues' prune_by_noise_rate / prune_by_class / both, with the same mask and less memory.
+
+    cleanlab keeps a copy of ``pred_probs`` split by class for the whole call (and copies it once more at
+    the end); here each class's rows are taken, pruned by cleanlab's own per-class step, and let go, and
+    the final check runs in row chunks. Peak memory is then ``pred_probs`` plus one class's rows and
+    one boolean N x K array (the confident joint's). Classes are pruned in threads: NumPy's sorts run
+    without the GIL.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cleanlab.count as count
+    import cleanlab.filter as flt
+
+    K = pred_probs.shape[1]
+    label_counts = np.bincount(labels, minlength=K)
+    prune_count_matrix = flt._keep_at_least_n_per_class(prune_count_matrix=cj.T, n=1, frac_noise=frac_noise)
+    if num_to_remove_per_class is not None:
+        psy = prune_count_matrix / np.sum(prune_count_matrix, axis=1)
+        noise_per_s = psy.sum(axis=1) - psy.diagonal()
+        tmp = (psy.T * num_to_remove_per_class / noise_per_s).T
+        np.fill_diagonal(tmp, label_counts - num_to_remove_per_class)
+        prune_count_matrix = flt.round_preserving_row_totals(tmp)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(label_counts)])
+
+    def per_class(k: int, step) -> tuple[int, np.ndarray]:
+        rows = order[bounds[k]:bounds[k + 1]]  # ascending: the same row order as pred_probs[labels == k]
+        return k, step([k, 1, [pred_probs[rows], prune_count_matrix[:, k]]])
+
+    def prune(step) -> np.ndarray:
+        mask = np.zeros(len(labels), dtype=bool)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for k, m in pool.map(lambda k: per_class(k, step), range(K)):
+                if len(m) > 1:
+                    mask[order[bounds[k]:bounds[k + 1]]] = m
+        return mask
+
+    if method == "prune_by_class":
+        mask = prune(flt._prune_by_class)
+    elif method == "prune_by_noise_rate":
+        mask = prune(flt._prune_by_count)
+    else:  # both
+        mask = prune(flt._prune_by_class) & prune(flt._prune_by_count)
+    for s in range(0, len(labels), REDUCE_CHUNK):  # row-wise, so chunks give cleanlab's answer
+        agree = count._reduce_issues(pred_probs=pred_probs[s:s + REDUCE_CHUNK], labels=labels[s:s + REDUCE_CHUNK])
+        mask[s:s + REDUCE_CHUNK][agree] = False
+    return mask
 
 
 def remaining_noise_rate(n: int, n_flagged: int, estimated_noise_rate: float) -> float:
