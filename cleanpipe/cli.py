@@ -822,6 +822,14 @@ def run_all(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
     method: str = typer.Option("coteaching", "--method", help=f"Training method: {_methods_help()} (see `cleanpipe train --help`)."),
     prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
+    executor: str = typer.Option("local", "--executor", help="Where crossval's folds run: local | ray | slurm (see `cleanpipe crossval --help`).", rich_help_panel="Where folds run"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: a running cluster to join; default: Ray on this machine.", rich_help_panel="Where folds run"),
+    cpus_per_fold: int = typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel="Where folds run"),
+    gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 with CUDA, else 0).", rich_help_panel="Where folds run"),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel="Where folds run"),
+    slurm_time: int = typer.Option(60, "--slurm-time", help="slurm: minutes per fold.", rich_help_panel="Where folds run"),
+    slurm_gpus_per_fold: int = typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel="Where folds run"),
+    slurm_option: list[str] = typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable).", rich_help_panel="Where folds run"),
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
     image_size: int = ImageSizeOpt,
@@ -845,6 +853,8 @@ def run_all(
     from cleanpipe.run import Run
 
     get_method(method)  # an unknown method fails before anything runs
+    where = executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time,
+                             slurm_gpus_per_fold, 64, slurm_option, "slurm", True, None)
     run = Run(run_dir)
     if dataset is None and run.dataset_json() is None:
         dataset = "digits"
@@ -852,7 +862,7 @@ def run_all(
     _set_threads(threads)
     with RichProgress(console) as progress:
         result = run_pipeline(run, spec, kind=kind, rate=rate, seed=seed, model=model, folds=n_folds, device=device,
-                              method=method, prune_method=prune_method, progress=progress,
+                              method=method, prune_method=prune_method, progress=progress, crossval_options=where,
                               on_stage=lambda name, stage: _print_stage(run_dir, name, stage))
     pm, tm = result.prune.manifest["metrics"], result.train_manifest["metrics"]
     found = f" (precision {pm['precision']:.2f}, recall {pm['recall']:.2f})" if "precision" in pm else ""

@@ -106,6 +106,7 @@ def run_pipeline(
     device: str = "auto",
     method: str = "coteaching",
     prune_method: str = "prune_by_noise_rate",
+    crossval_options: dict | None = None,
     progress=None,
     on_stage: Callable[[str, object | None], None] | None = None,
 ) -> PipelineResult:
@@ -122,6 +123,9 @@ def run_pipeline(
     method : str
         The training method (a name from :data:`cleanpipe.robust.METHODS`); one that needs an INCV prune
         stage makes ``prune_method`` ``incv``.
+    crossval_options : dict, optional
+        Where the folds run: ``executor``, ``ray``, ``slurm``, ``device_memory`` of
+        :func:`cleanpipe.crossval.run_crossval_stage`.
     on_stage : callable(name, stage), optional
         Called after each stage with its result (None when it was up to date and skipped).
     """
@@ -156,7 +160,8 @@ def run_pipeline(
             noise = run_noise_stage(run, spec=spec, kind=kind, rate=rate, seed=seed)
             report("noise", noise)
         if prune_method != "incv":
-            crossval = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress)
+            crossval = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress,
+                                          **(crossval_options or {}))
             progress.finish()
             report("crossval", crossval)
         pruned = run_prune_stage(run, method=prune_method, incv={"seed": seed, "device": device}, progress=progress)
