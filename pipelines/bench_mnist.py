@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="digits instead of MNIST-10k")
     ap.add_argument("--conditions", nargs="+", default=CONDITIONS, help="KIND:RATE[:SPARSITY]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crossval-args", default="", help='more crossval options, e.g. "--executor ray --cpus-per-fold 1"')
     ap.add_argument("--epochs", type=int, default=None, help="train epochs (default: the train stage's)")
     ap.add_argument("--rows", nargs="+", default=None, help="only the methods whose name starts with one of these")
     args = ap.parse_args()
@@ -75,7 +76,7 @@ def main() -> None:
             run = Path(tmp) / cond.replace(":", "_")
             cli("noise", run, *data, "--kind", kind, "--rate", rate, *(["--sparsity", rest[0]] if rest else []), *seed)
             if any(_needs_prune(opts) for _, opts in rows):
-                cli("crossval", run, *seed)
+                cli("crossval", run, *seed, *args.crossval_args.split())
                 cli("prune", run, "--top", 0)
             for name, opts in rows:
                 if opts is None:

@@ -14,6 +14,8 @@
 #   TRAIN_EPOCHS [200]           Co-teaching epochs on each kept subset
 #   TRAIN_MODEL [cnn9]           the network Co-teaching trains (the paper's 9-layer CNN)
 #   PYTHON [python3]             the interpreter that has cleanpipe installed
+#   CROSSVAL_ARGS [""]           more crossval options, e.g. "--executor ray --gpus-per-fold 1" (one fold
+#                                per GPU) or "--executor slurm --slurm-partition gpu --slurm-gpus-per-fold 1"
 set -euo pipefail
 CIFAR=${1:?usage: cl_cifar10_table2.sh CIFAR10_DIR [RUNS_DIR]}
 RUNS=${2:-runs/cl_table2}
@@ -36,7 +38,8 @@ for n in $NOISES; do
     run="$RUNS/noise${n}_sparsity${s}"
     echo "== noise $n, sparsity $s -> $run"
     $CP noise "$run" --dataset cifar10 --data "$CIFAR" --kind random --rate "$n" --sparsity "$s" --seed "$SEED" >/dev/null
-    $CP crossval "$run" --folds "$FOLDS" --device "$DEVICE" --seed "$SEED" "${EPOCH_ARGS[@]}"
+    # shellcheck disable=SC2086 # CROSSVAL_ARGS is a list of options
+    $CP crossval "$run" --folds "$FOLDS" --device "$DEVICE" --seed "$SEED" "${EPOCH_ARGS[@]}" ${CROSSVAL_ARGS:-}
     for m in $METHODS; do
       $CP prune "$run" --method "$m" --top 0
       rm -rf "$run/prune-$m"

@@ -15,7 +15,7 @@ from cleanpipe.executors import RayOptions, SlurmOptions
 from cleanpipe.run import Run
 
 pytestmark = pytest.mark.timeout(300)
-DIGITS = dict(epochs=2, n_folds=3, seed=0)
+DIGITS = dict(epochs=1, n_folds=3, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_a_killed_ray_driver_resumes_without_recomputing_a_finished_fold(tmp_pat
     pytest.importorskip("ray")
     root = tmp_path / "run"
     shards = root / "crossval" / "shards"
-    cmd = [sys.executable, "-m", "cleanpipe", "crossval", str(root), "--dataset", "digits", "--epochs", "2", "--folds", "3",
+    cmd = [sys.executable, "-m", "cleanpipe", "crossval", str(root), "--dataset", "digits", "--epochs", "1", "--folds", "3",
            "--executor", "ray", "--cpus-per-fold", "1"]
     # Its own session, so that the kill takes the driver and the Ray instance it started.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -89,7 +89,7 @@ def test_incv_cifar10_script_smoke(tmp_path, tiny_cifar10):
 
     script = Path(__file__).resolve().parents[1] / "pipelines" / "incv_cifar10.sh"
     env = {**os.environ, "PYTHON": sys.executable, "CONDITIONS": "symmetric:0.5 pairflip:0.4", "EPOCHS": "1",
-           "ITERATIONS": "1", "DEVICE": "cpu"}
+           "ITERATIONS": "1", "DEVICE": "cpu", "MODEL": "small_cnn"}  # the script's wiring, not ResNet-32's cost
     proc = subprocess.run(["bash", str(script), str(tiny_cifar10), str(tmp_path / "runs")], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -147,7 +147,7 @@ def test_cl_table2_script_smoke(tmp_path, tiny_cifar10):
     root = tiny_cifar10
     script = Path(__file__).resolve().parents[1] / "pipelines" / "cl_cifar10_table2.sh"
     env = {**os.environ, "PYTHON": sys.executable, "NOISES": "0.4", "SPARSITIES": "0.2", "EPOCHS": "1", "TRAIN_EPOCHS": "1",
-           "TRAIN_MODEL": "small_cnn", "DEVICE": "cpu"}
+           "TRAIN_MODEL": "small_cnn", "DEVICE": "cpu", "CROSSVAL_ARGS": "--model small_cnn"}
     proc = subprocess.run(["bash", str(script), str(root), str(tmp_path / "runs")], capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
