@@ -282,6 +282,10 @@ def crossval(
       [bold]cleanpipe crossval runs/real --dataset table --data data.csv --label-column y --folds 5[/]
 
       [bold]cleanpipe crossval runs/c10 --fold 0 --device cuda[/]  ...one job per fold, then [bold]--combine[/]
+
+      [bold]cleanpipe crossval runs/demo --executor ray --cpus-per-fold 1[/]  (a Ray task per fold; --address to join a cluster)
+
+      [bold]cleanpipe crossval runs/c10 --executor slurm --slurm-partition gpu --slurm-gpus-per-fold 1[/]  (a submitit job array)
     """
     from cleanpipe.crossval import run_crossval_stage
     from cleanpipe.progress import RichProgress
