@@ -76,11 +76,15 @@ class DeviceData:
     def __len__(self) -> int:
         return len(self.X)
 
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows ``idx`` as stored (uint8 images or float32 features), on the device."""
+    def rows(self, idx: torch.Tensor, host_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``idx`` as stored (uint8 images or float32 features), on the device.
+
+        ``host_idx``: the same indices already in host memory, so that streamed data need not wait
+        for the device to hand them back (which would stall every step).
+        """
         if not self.streamed:
             return self.X[idx]
-        idx = idx.cpu()
+        idx = host_idx if host_idx is not None else idx.cpu()
         if self.device.type != "cuda":
             return self.X[idx]
         # Gather into a pinned buffer and copy without blocking; a buffer is reused only once its copy is done.
@@ -97,14 +101,15 @@ class DeviceData:
         self._buffers.append((buf, event))
         return out
 
-    def batch(self, idx: torch.Tensor, augment: "Augment | None" = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def batch(self, idx: torch.Tensor, augment: "Augment | None" = None, generator: torch.Generator | None = None,
+              host_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 normalised features of rows ``idx``, augmented as a whole batch."""
-        return self.normalize(self.batch_raw(idx, augment, generator))
+        return self.normalize(self.batch_raw(idx, augment, generator, host_idx))
 
     def batch_raw(self, idx: torch.Tensor, augment: "Augment | None" = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, host_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``idx`` before normalisation: images as float32 in [0, 1] (augmented), features as stored."""
-        x = self.rows(idx)
+        x = self.rows(idx, host_idx)
         if self.is_image:
             x = x.float() / 255.0
             if augment is not None:

@@ -235,13 +235,16 @@ def fit(
         extra = method.epoch_rows(epoch)
         pool = rows_t if extra is None else torch.as_tensor(np.asarray(extra, dtype=np.int64), device=device)
         perm = pool[torch.randperm(len(pool), generator=gen, device=device)]
+        # Streamed data gather on the host: one copy of the order an epoch, not a device sync a step.
+        perm_host = perm.cpu() if getattr(data, "streamed", False) else None
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         for s in range(steps_per_epoch):
             idx = perm[s * bs : (s + 1) * bs]
             y = y_all[idx]
-            x_raw = data.batch_raw(idx, augment, gen)
+            x_raw = data.batch_raw(idx, augment, gen,
+                                   None if perm_host is None else perm_host[s * bs : (s + 1) * bs])
             x = data.normalize(x_raw)
             if data.is_image and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -308,10 +311,12 @@ def predict_proba(
     device = data.device
     for net in nets:
         net.eval()
-    rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
+    rows_np = np.asarray(rows, dtype=np.int64)
+    rows_t = torch.as_tensor(rows_np, device=device)
+    host = torch.from_numpy(rows_np) if getattr(data, "streamed", False) else None
     out = []
     for s in range(0, len(rows_t), cfg.eval_batch_size):
-        x = data.batch(rows_t[s : s + cfg.eval_batch_size])
+        x = data.batch(rows_t[s : s + cfg.eval_batch_size], host_idx=None if host is None else host[s : s + cfg.eval_batch_size])
         if data.is_image and cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(3)] if (cfg.tta_flip and data.is_image) else [x]
