@@ -335,7 +335,8 @@ def print_crossval_summary(run_dir: Path, stage) -> None:
     s = stage.settings
     if stage.manifest is None and stage.job_id is not None:
         console.print(f"[bold green]crossval[/] submitted Slurm job array {stage.job_id} "
-                      f"(folds {', '.join(map(str, stage.missing))}); when it is done: cleanpipe crossval {run_dir} --combine")
+                      f"(folds {', '.join(map(str, stage.missing))}); when it is done: cleanpipe crossval {run_dir} --combine "
+                      "(with this command's --folds, --epochs, --model and --seed)")
         return
     if stage.manifest is None:
         left = ", ".join(map(str, stage.missing))
@@ -859,6 +860,9 @@ def run_all(
     get_method(method)  # an unknown method fails before anything runs
     where = executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time,
                              slurm_gpus_per_fold, 64, slurm_option, "slurm", True, None)
+    from cleanpipe.executors import preflight
+
+    preflight(executor, where["ray"], where["slurm"])  # before the noise stage writes anything
     run = Run(run_dir)
     if dataset is None and run.dataset_json() is None:
         dataset = "digits"

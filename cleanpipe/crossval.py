@@ -342,18 +342,21 @@ def run_crossval_stage(
 
                 finished(k, run_fold(job, k, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch))
                 ckpt.unlink(missing_ok=True)
-        if failed:
+        failure = None
+        if failed:  # raised once the transaction has ended well: the finished shards (and logs) stay
             kept = f"; the {len(stage.trained)} finished fold(s) are kept" if stage.trained else ""
             k, why = next(iter(sorted(failed.items())))
-            raise CleanpipeError(f"fold(s) {', '.join(map(str, sorted(failed)))} failed (fold {k}: {why}){kept}; "
-                                 "re-run the same command to retry only those")
-        if fold is not None:
+            failure = CleanpipeError(f"fold(s) {', '.join(map(str, sorted(failed)))} failed (fold {k}: {why}){kept}; "
+                                     "re-run the same command to retry only those")
+        elif fold is not None:
             stage.missing = [k for k in range(n_folds) if not _valid_shard(shards[k], key, rows_of[k])]
             return stage
-        stage.manifest = _combine(
-            run, settings, key, labels, true_labels, folds, rows_of, shards, inputs, ds.n_classes, started
-        )
-        return stage
+        else:
+            stage.manifest = _combine(
+                run, settings, key, labels, true_labels, folds, rows_of, shards, inputs, ds.n_classes, started
+            )
+            return stage
+    raise failure
 
 
 def _combine(run, settings, key, labels, true_labels, folds, rows_of, loaded, inputs, n_classes, started) -> dict:

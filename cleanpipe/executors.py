@@ -153,6 +153,9 @@ def ray_folds(job: FoldJob, todo: list[int], options: RayOptions) -> Iterator[tu
         fold_task = ray.remote(num_cpus=options.cpus_per_fold, num_gpus=gpus, max_retries=1,
                                retry_exceptions=True)(_ray_fold)
         threads = job.threads if job.threads is not None else options.cpus_per_fold
+        if options.gpus_per_fold is None and options.address:  # the cluster's GPUs, not the driver's
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            fold_task = fold_task.options(num_gpus=gpus)
         X_ref = ray.put(job.X)
         pending = {fold_task.remote(X_ref, job.labels, job.folds, job.settings, job.n_classes, job.device, threads,
                                     job.device_memory, k): k for k in todo}
@@ -165,6 +168,8 @@ def ray_folds(job: FoldJob, todo: list[int], options: RayOptions) -> Iterator[tu
                 cause = getattr(e, "cause", None) or e
                 yield k, None, f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
     finally:
+        for ref in locals().get("pending", {}):  # stopped early (an error writing a shard): free their workers
+            ray.cancel(ref)
         if started_here:
             ray.shutdown()
 

@@ -133,3 +133,25 @@ def test_the_folder_sources_second_load_is_ten_times_faster(tmp_path, monkeypatc
     assert (t1 - t0) >= 10 * (t2 - t1), f"first {t1 - t0:.3f} s, second {t2 - t1:.3f} s"
     (tmp_path / "imgs" / "c0" / "0000.png").unlink()  # another file list: decoded again, not a stale array
     assert len(load_dataset(spec).y_train) + len(load_dataset(spec).y_test) == 1999
+
+
+def test_a_failed_fold_is_reported_and_the_finished_ones_stay(tmp_path, monkeypatch):
+    """A fold that fails (after Ray's retry) ends the command with its error; the run and finished shards remain."""
+    pytest.importorskip("ray")
+    import cleanpipe.executors as executors
+    from cleanpipe.errors import CleanpipeError
+
+    def flaky(job, todo, options):  # the driver's side of ray_folds: fold 0 arrives, fold 1 failed twice
+        yield 0, executors.run_fold(job, 0), None
+        for k in todo[1:]:
+            yield k, None, "RuntimeError: CUDA error: out of memory"
+
+    monkeypatch.setattr(executors, "ray_folds", flaky)
+    run = Run(tmp_path / "new-run")
+    with pytest.raises(CleanpipeError, match=r"fold\(s\) 1, 2 failed \(fold 1: RuntimeError: CUDA error: out of memory\); "
+                                             r"the 1 finished fold\(s\) are kept"):
+        run_crossval_stage(run, spec=DataSpec("digits"), executor="ray", **DIGITS)
+    assert (tmp_path / "new-run" / "dataset.json").is_file()
+    assert [p.name for p in run.path("crossval", "shards").glob("fold_*.npz")] == ["fold_0.npz"]
+    stage = run_crossval_stage(run, threads=1, **DIGITS)  # re-run: only the missing folds train
+    assert stage.reused == [0] and sorted(stage.trained) == [1, 2]

@@ -127,8 +127,8 @@ def _cache_key(files: list[Path], size: int) -> str:
 
     h = hashlib.sha256(f"cleanpipe-images-1\n{size}\n".encode())
     for f in map(os.path.abspath, map(str, files)):  # plain strings: pathlib costs more than the stat
-        st = os.stat(f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = os.stat(f)  # size, modification and change times, inode: a rewrite that keeps the mtime still shows
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()
 
 

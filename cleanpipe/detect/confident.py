@@ -213,6 +213,10 @@ def find_issues(
         quality = get_label_quality_scores(labels, pred_probs, method=rank_by)
         _, noise_matrix, _ = estimate_latent(cj, labels, py_method="cnt", converge_latent_estimates=True)
         joint = estimate_joint(None, pred_probs, confident_joint=cj)
+    # cleanlab's find_label_issues keeps a per-class copy of pred_probs in module globals afterwards.
+    for name in ("pred_probs_by_class", "prune_count_matrix_cols"):
+        if hasattr(cleanlab.filter, name):
+            delattr(cleanlab.filter, name)
     mask = np.asarray(mask, dtype=bool)
     quality = np.asarray(quality, dtype=np.float64)
     return Detection(
@@ -272,9 +276,8 @@ def _counted_issues(labels: np.ndarray, pred_probs: np.ndarray, method: str, cj:
 
     cleanlab keeps a copy of ``pred_probs`` split by class for the whole call (and copies it once more at
     the end); here each class's rows are taken, pruned by cleanlab's own per-class step, and let go, and
-    the final check runs in row chunks. Peak memory is then ``pred_probs`` plus one class's rows and
-    one boolean N x K array (the confident joint's). Classes are pruned in threads: NumPy's sorts run
-    without the GIL.
+    the final check runs in row chunks. Peak memory is then ``pred_probs`` plus one class's rows per
+    thread (one thread per core: NumPy's sorts run without the GIL).
     """
     from concurrent.futures import ThreadPoolExecutor
 

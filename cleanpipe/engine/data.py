@@ -20,6 +20,27 @@ def device_budget(device: torch.device, budget: int | None = None) -> int | None
     return None
 
 
+def _host_stats(X: torch.Tensor, fit_rows, is_image: bool, device: torch.device, chunk: int = 8192):
+    """Mean and std (unbiased) of streamed data in row chunks with float64 sums: no full-size float copy on the host."""
+    rows = np.arange(len(X)) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
+    dims = (0, 2, 3) if is_image else (0,)
+    total = total_sq = None
+    count = 0
+    for s in range(0, len(rows), chunk):
+        x = X[torch.from_numpy(rows[s:s + chunk])].double()
+        if is_image:
+            x = x / 255.0
+        part, part_sq = x.sum(dim=dims), (x * x).sum(dim=dims)
+        total = part if total is None else total + part
+        total_sq = part_sq if total_sq is None else total_sq + part_sq
+        count += x.numel() // part.numel()
+    mean = total / count
+    std = ((total_sq - count * mean * mean) / max(count - 1, 1)).clamp_min(0).sqrt()
+    shape = (1, -1, 1, 1) if is_image else (1, -1)
+    floor = 1e-3 if is_image else 1e-6
+    return mean.float().view(shape).to(device), std.float().clamp_min(floor).view(shape).to(device)
+
+
 class DeviceData:
     """All features as one tensor on the device; batches are sliced and augmented there.
 
@@ -55,14 +76,21 @@ class DeviceData:
         self.streamed = limit is not None and X.nbytes > limit
         host = torch.from_numpy(X)
         if self.streamed:
-            self.X = host.pin_memory() if device.type == "cuda" else host
+            self.X = host
+            if device.type == "cuda":
+                try:  # pinned pages make the copies asynchronous; without them they still work
+                    self.X = host.pin_memory()
+                except RuntimeError:
+                    pass
             self._buffers: list = []  # pinned staging buffers, used in turn, each with its copy's event
         else:
             self.X = host.to(device)
         if stats is not None:
             self.mean, self.std = stats.mean.to(device), stats.std.to(device)
             return
-        # Streamed data: the statistics are computed where the data lives (the same code, so the same numbers on the CPU).
+        if self.streamed and device.type != "cpu":
+            self.mean, self.std = _host_stats(self.X, fit_rows, self.is_image, device)
+            return
         rows = None if fit_rows is None else torch.as_tensor(fit_rows, device=self.X.device)
         ref = self.X if rows is None else self.X[rows]
         if self.is_image:
@@ -97,7 +125,7 @@ class DeviceData:
         torch.index_select(self.X, 0, idx, out=buf)
         out = buf.to(self.device, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         self._buffers.append((buf, event))
         return out
 
