@@ -111,6 +111,17 @@ SplitSeedOpt = typer.Option(0, "--split-seed", help="Seed of the train/test hold
 ImageSizeOpt = typer.Option(32, "--image-size", help="folder: resize images to this side length.", rich_help_panel="Data")
 LabelColumnOpt = typer.Option("label", "--label-column", help="table: the column holding labels.", rich_help_panel="Data")
 
+# Where crossval's folds run: the same options on `crossval` and `run`.
+_FOLDS = "Where folds run"
+ExecutorOpt = typer.Option("local", "--executor", help="local (here, fold after fold) | ray (a Ray task per fold) | slurm (a submitit job array).", rich_help_panel=_FOLDS)
+AddressOpt = typer.Option(None, "--address", help="ray: a running cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine.", rich_help_panel=_FOLDS)
+CpusPerFoldOpt = typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel=_FOLDS)
+GpusPerFoldOpt = typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 when CUDA is visible, else 0).", rich_help_panel=_FOLDS)
+SlurmPartitionOpt = typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel=_FOLDS)
+SlurmTimeOpt = typer.Option(60, "--slurm-time", help="slurm: minutes per fold before Slurm stops it.", rich_help_panel=_FOLDS)
+SlurmGpusOpt = typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel=_FOLDS)
+SlurmOptionOpt = typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable), e.g. account=ml.", rich_help_panel=_FOLDS)
+
 
 def data_spec(
     dataset: Optional[str],
@@ -250,15 +261,15 @@ def crossval(
     fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based) as its own job; join later with --combine."),
     combine: bool = typer.Option(False, "--combine", help="Join the finished fold shards into pred_probs.npy."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA; adds ~7-10 s of compilation per fold, so only long runs gain)."),
-    executor: str = typer.Option("local", "--executor", help="local (here, fold after fold) | ray (a Ray task per fold) | slurm (a submitit job array).", rich_help_panel="Where folds run"),
-    address: Optional[str] = typer.Option(None, "--address", help="ray: a running cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine.", rich_help_panel="Where folds run"),
-    cpus_per_fold: int = typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel="Where folds run"),
-    gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 when CUDA is visible, else 0).", rich_help_panel="Where folds run"),
-    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel="Where folds run"),
-    slurm_time: int = typer.Option(60, "--slurm-time", help="slurm: minutes per fold before Slurm stops it.", rich_help_panel="Where folds run"),
-    slurm_gpus_per_fold: int = typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel="Where folds run"),
+    executor: str = ExecutorOpt,
+    address: Optional[str] = AddressOpt,
+    cpus_per_fold: int = CpusPerFoldOpt,
+    gpus_per_fold: Optional[float] = GpusPerFoldOpt,
+    slurm_partition: Optional[str] = SlurmPartitionOpt,
+    slurm_time: int = SlurmTimeOpt,
+    slurm_gpus_per_fold: int = SlurmGpusOpt,
     slurm_array_parallelism: int = typer.Option(64, "--slurm-array-parallelism", help="slurm: folds running at once at most.", rich_help_panel="Where folds run"),
-    slurm_option: list[str] = typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable), e.g. account=ml.", rich_help_panel="Where folds run"),
+    slurm_option: list[str] = SlurmOptionOpt,
     slurm_cluster: str = typer.Option("slurm", "--slurm-cluster", help="slurm: slurm, or local to run the same job array as local processes (to try it out).", rich_help_panel="Where folds run"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the array and combine, or print its job ID and leave `--combine` for later.", rich_help_panel="Where folds run"),
     device_memory: Optional[str] = typer.Option(None, "--device-memory", help="Device memory the dataset may take (e.g. 8GB); larger data is streamed from host memory. Default: half the free GPU memory; no limit on CPU.", rich_help_panel="Where folds run"),
@@ -827,14 +838,14 @@ def run_all(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
     method: str = typer.Option("coteaching", "--method", help=f"Training method: {_methods_help()} (see `cleanpipe train --help`)."),
     prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
-    executor: str = typer.Option("local", "--executor", help="Where crossval's folds run: local | ray | slurm (see `cleanpipe crossval --help`).", rich_help_panel="Where folds run"),
-    address: Optional[str] = typer.Option(None, "--address", help="ray: a running cluster to join; default: Ray on this machine.", rich_help_panel="Where folds run"),
-    cpus_per_fold: int = typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel="Where folds run"),
-    gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 with CUDA, else 0).", rich_help_panel="Where folds run"),
-    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel="Where folds run"),
-    slurm_time: int = typer.Option(60, "--slurm-time", help="slurm: minutes per fold.", rich_help_panel="Where folds run"),
-    slurm_gpus_per_fold: int = typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel="Where folds run"),
-    slurm_option: list[str] = typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable).", rich_help_panel="Where folds run"),
+    executor: str = ExecutorOpt,
+    address: Optional[str] = AddressOpt,
+    cpus_per_fold: int = CpusPerFoldOpt,
+    gpus_per_fold: Optional[float] = GpusPerFoldOpt,
+    slurm_partition: Optional[str] = SlurmPartitionOpt,
+    slurm_time: int = SlurmTimeOpt,
+    slurm_gpus_per_fold: int = SlurmGpusOpt,
+    slurm_option: list[str] = SlurmOptionOpt,
     test_fraction: float = TestFractionOpt,
     split_seed: int = SplitSeedOpt,
     image_size: int = ImageSizeOpt,

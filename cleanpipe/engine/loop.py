@@ -236,7 +236,7 @@ def fit(
         pool = rows_t if extra is None else torch.as_tensor(np.asarray(extra, dtype=np.int64), device=device)
         perm = pool[torch.randperm(len(pool), generator=gen, device=device)]
         # Streamed data gather on the host: one copy of the order an epoch, not a device sync a step.
-        perm_host = perm.cpu() if getattr(data, "streamed", False) else None
+        perm_host = perm.cpu() if data.streamed else None
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
@@ -313,7 +313,7 @@ def predict_proba(
         net.eval()
     rows_np = np.asarray(rows, dtype=np.int64)
     rows_t = torch.as_tensor(rows_np, device=device)
-    host = torch.from_numpy(rows_np) if getattr(data, "streamed", False) else None
+    host = torch.from_numpy(rows_np) if data.streamed else None
     out = []
     for s in range(0, len(rows_t), cfg.eval_batch_size):
         x = data.batch(rows_t[s : s + cfg.eval_batch_size], host_idx=None if host is None else host[s : s + cfg.eval_batch_size])
