@@ -186,12 +186,14 @@ def datasets() -> None:
 @user_errors
 def noise(
     run_dir: Path = RunArg,
-    kind: str = typer.Option(..., "--kind", "-k", help="symmetric | uniform | asymmetric | pairflip | random", show_default=False),
+    kind: str = typer.Option(..., "--kind", "-k", help="symmetric | uniform | asymmetric | pairflip | random | semantic (a network's confusions)", show_default=False),
     rate: float = typer.Option(..., "--rate", "-r", help="Noise rate in [0, 1].", show_default=False),
     sparsity: float = typer.Option(0.0, "--sparsity", help="random: share of zero off-diagonal noise rates."),
     class_map: Optional[str] = typer.Option(None, "--map", help="asymmetric: SRC:DST pairs, e.g. 3:8,5:6 (default: the dataset's standard map)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
     n_classes: Optional[int] = typer.Option(None, "--n-classes", help="Standalone --labels form: number of classes (default max label + 1)."),
+    labeler_fraction: float = typer.Option(0.05, "--labeler-fraction", help="semantic: share of the data the labeling network trains on."),
+    device: str = typer.Option("auto", "--device", help="semantic: where the labeling network trains (auto | cpu | cuda)."),
     dataset: Optional[str] = DatasetOpt,
     data: Optional[Path] = DataOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", help="With --dataset: your own training labels. Alone: noise this bare label file.", rich_help_panel="Data"),
@@ -211,6 +213,8 @@ def noise(
       [bold]cleanpipe noise runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
 
       [bold]cleanpipe noise runs/cl --labels true_labels.npy --kind random --rate 0.4 --sparsity 0.2[/]
+
+      [bold]cleanpipe noise runs/sem --dataset digits --kind semantic --rate 0.1[/]  (errors a network would make)
     """
     from cleanpipe.noise import run_noise_stage
     from cleanpipe.run import Run
@@ -218,7 +222,8 @@ def noise(
     spec = data_spec(dataset, data, labels if dataset else None, test_fraction, split_seed, image_size, label_column)
     stage = run_noise_stage(
         Run(run_dir), spec=spec, labels_file=labels if spec is None else None, kind=kind, rate=rate,
-        sparsity=sparsity, class_map=class_map, n_classes=n_classes, seed=seed,
+        sparsity=sparsity, class_map=class_map, n_classes=n_classes, seed=seed, labeler_fraction=labeler_fraction,
+        device=device,
     )
     print_noise_summary(run_dir, stage)
 
@@ -238,12 +243,24 @@ def print_noise_summary(run_dir: Path, stage) -> None:
             t.add_column(stage.class_names[j][:8], justify="right")
         for i in range(K):
             cells = [
-                f"[bold]{v:.2f}[/]" if i == j else (f"{v:.2f}" if v > 0 else "[dim]·[/]")
+                f"[bold]{v:.2f}[/]" if i == j else (f"{v:.2f}" if v >= 0.005 else "<.01" if v > 0 else "[dim]·[/]")
                 for j, v in enumerate(r.noise_matrix[i])
             ]
             t.add_row(stage.class_names[i][:8], *cells)
         console.print(t)
-    console.print(f"[dim]wrote {run_dir / 'noise'}/ noisy_labels.npy noise_matrix.npy manifest.json[/]")
+    metrics = m["metrics"]
+    if "labeler_accuracy" in metrics:
+        top = ", ".join(f"{c['true']}->{c['noisy']} {c['count']}" for c in metrics["top_confusions"])
+        console.print(f"labeler: trained on {metrics['labeler_rows']:,} examples, accuracy {metrics['labeler_accuracy']:.3f} "
+                      f"on the rest; most frequent changes: {top or 'none'}")
+    unflipped = [stage.class_names[j] for j, (c, n) in enumerate(zip(metrics["n_changed_per_class"], metrics["n_per_class"]))
+                 if c == 0 and n and r.noise_matrix[j, j] < 1.0]
+    if unflipped and m["parameters"]["kind"] != "semantic":
+        console.print(f"[yellow]note:[/] {len(unflipped)} class(es) got no flips ({', '.join(unflipped[:5])}"
+                      f"{', ...' if len(unflipped) > 5 else ''}): at this rate they expect less than one each, and the "
+                      f"{metrics['n_changed']:,} flips went to the classes with the largest remainders")
+    files = "noisy_labels.npy noise_matrix.npy" + (" labeler_rows.npy" if "labeler_accuracy" in metrics else "")
+    console.print(f"[dim]wrote {run_dir / 'noise'}/ {files} manifest.json[/]")
 
 
 @app.command()
@@ -252,13 +269,15 @@ def crossval(
     run_dir: Path = RunArg,
     model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
     n_folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
+    repeats: int = typer.Option(1, "--repeats", "-R", help="Split the data R times (R x K fold tasks) and average each row over the R models that did not see it."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Images: average each held-out prediction over the image shifted up, down, left and right (default: the recipe's).", show_default=False),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs per fold (default {_recipe_help('crossval', 'epochs')})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('crossval', 'batch_size')})."),
     lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('crossval', 'lr')})."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based) as its own job; join later with --combine."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based; with --repeats R, task I of 0..R*K-1) as its own job; join later with --combine."),
     combine: bool = typer.Option(False, "--combine", help="Join the finished fold shards into pred_probs.npy."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA; adds ~7-10 s of compilation per fold, so only long runs gain)."),
     executor: str = ExecutorOpt,
@@ -308,8 +327,8 @@ def crossval(
                              slurm_gpus_per_fold, slurm_array_parallelism, slurm_option, slurm_cluster, wait, device_memory)
     with RichProgress(console) as progress:
         stage = run_crossval_stage(
-            Run(run_dir), spec=spec, model=model, n_folds=n_folds, epochs=epochs, batch_size=batch_size, lr=lr,
-            seed=seed, device=device, fold=fold, combine=combine, compile=compile_, progress=progress,
+            Run(run_dir), spec=spec, model=model, n_folds=n_folds, repeats=repeats, tta=tta, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, device=device, fold=fold, combine=combine, compile=compile_, progress=progress,
             threads=threads, **where,
         )
     print_crossval_summary(run_dir, stage)
@@ -352,12 +371,14 @@ def print_crossval_summary(run_dir: Path, stage) -> None:
     if stage.manifest is None:
         left = ", ".join(map(str, stage.missing))
         console.print(
-            f"[bold green]crossval[/] fold {stage.trained[0]} of {stage.n_folds} done"
+            f"[bold green]crossval[/] fold {stage.trained[0]} of {stage.n_folds * stage.repeats} done"
             + (f"; folds still to run: {left}" if left else f"; all folds done: run `cleanpipe crossval {run_dir} --combine`")
         )
         return
     m = stage.manifest["metrics"]
-    line = f"[bold green]crossval[/] {s.model}, {stage.n_folds} folds x {s.epochs} epochs: out-of-fold accuracy {m['oof_accuracy']:.4f}"
+    splits = f"{stage.n_folds} folds" + (f" x {stage.repeats} repeats" if stage.repeats > 1 else "")
+    line = (f"[bold green]crossval[/] {s.model}{' with shifted views' if s.tta else ''}, {splits} x {s.epochs} epochs: "
+            f"out-of-fold accuracy {m['oof_accuracy']:.4f}")
     if "oof_accuracy_true" in m:
         line += f" vs given labels, [bold]{m['oof_accuracy_true']:.4f}[/] vs true labels"
     console.print(line)
@@ -446,11 +467,14 @@ def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
                if "label_precision" in m else "")
         )
     if "f1" in m:
-        auroc = f", AUROC of label quality {m['auroc']:.3f}" if m.get("auroc") is not None else ""
         console.print(
             f"against the true labels: precision [bold]{m['precision']:.3f}[/], recall [bold]{m['recall']:.3f}[/], "
-            f"F1 [bold]{m['f1']:.3f}[/]{auroc}"
+            f"F1 [bold]{m['f1']:.3f}[/]"
         )
+        if m.get("average_precision") is not None:
+            console.print(f"ranking by label quality: average precision [bold]{m['average_precision']:.3f}[/], "
+                          f"recall within the top {m['k']:,} [bold]{m['recall_at_k']:.3f}[/]"
+                          + (f", AUROC {m['auroc']:.3f}" if m.get("auroc") is not None else ""))
     report = stage.report
     if top > 0 and len(report):
         t = Table(title=f"the {min(top, len(report))} most suspicious labels", title_justify="left")

@@ -67,16 +67,46 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int, class_names=None) -> 
     return folds
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat ``repeat`` (repeat 0 keeps ``seed``, so one repeat is the plain K-fold run)."""
+    return int(seed) if repeat == 0 else int(np.random.SeedSequence([int(seed), int(repeat)]).generate_state(1)[0] >> 1)
+
+
+def fold_plans(labels: np.ndarray, n_folds: int, seed: int, repeats: int = 1, class_names=None) -> np.ndarray:
+    """Fold assignments of every repeat: int64 (R, N), row r a :func:`fold_plan` with :func:`repeat_seed` (seed, r)."""
+    check_number(repeats, "repeats", low=1)
+    return np.stack([fold_plan(labels, n_folds, repeat_seed(seed, r), class_names) for r in range(repeats)])
+
+
 @dataclass
 class CrossvalSettings(FitSettings):
-    """What makes a fold's result (the recipe and the fold count): shards made with other settings are never mixed in."""
+    """What makes a fold's result (the recipe, the fold count, test-time augmentation): shards made with
+    other settings are never mixed in. ``repeats`` is how many fold splits are averaged; a repeat's
+    shards do not depend on it, so ``--repeats 2`` reuses the shards of a run with one.
+
+    ``tta`` scores each held-out image also shifted by the training translation (up, down, left,
+    right) and averages the five views (ten with flips).
+    """
 
     n_folds: int = 4
+    repeats: int = 1
+    tta: bool = False
 
-    def key(self, labels: np.ndarray, fingerprint: str) -> str:
-        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number(self.n_folds, "n_folds", low=2)
+        check_number(self.repeats, "repeats", low=1)
+
+    def train_config(self, seed: int, **overrides):
+        return super().train_config(seed, **{"tta_shift": self.tta, **overrides})
+
+    def key(self, labels: np.ndarray, fingerprint: str, repeat: int = 0) -> str:
+        made_by = {k: v for k, v in asdict(self).items() if k != "repeats"}
+        h = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode())
         h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
         h.update(fingerprint.encode())
+        if repeat:
+            h.update(f"repeat {repeat}".encode())
         return h.hexdigest()[:16]
 
 
@@ -108,6 +138,7 @@ def train_fold(
     on_epoch: Callable[[int, dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     device_memory: int | None = None,
+    repeat: int = 0,
 ) -> FoldResult:
     """Train a fresh model on every fold but ``fold`` and predict ``fold``'s rows.
 
@@ -128,6 +159,8 @@ def train_fold(
     device_memory : int, optional
         Bytes of device memory the dataset may take; larger data is streamed from host memory
         (:class:`cleanpipe.engine.DeviceData`). None: a share of the free memory on CUDA, unlimited on CPU.
+    repeat : int
+        Which repeat ``folds`` belongs to: a different, reproducible initialisation per repeat.
 
     Returns
     -------
@@ -142,7 +175,7 @@ def train_fold(
     train_rows = np.flatnonzero(folds != fold)
     test_rows = np.flatnonzero(folds == fold)
     t0 = time.perf_counter()
-    seed = settings.seed * 100 + fold  # a different, reproducible init per fold
+    seed = repeat_seed(settings.seed * 100 + fold, repeat) % 2**31  # a different, reproducible init per fold
     torch.manual_seed(seed)
     model = build_model(settings.model, tuple(X.shape[1:]), n_classes)
     if not isinstance(model, torch.nn.Module):  # scikit-learn estimator (logreg)
@@ -161,8 +194,16 @@ def train_fold(
 # ---- shards ------------------------------------------------------------------------------
 
 
-def fold_shard_path(run: Run, fold: int) -> Path:
-    return run.path("crossval", SHARDS) / f"fold_{fold}.npz"
+def fold_shard_path(run: Run, task: int, n_folds: int | None = None) -> Path:
+    """Shard of task ``task`` = repeat * n_folds + fold: ``fold_K.npz`` in repeat 0, ``repeat_R_fold_K.npz`` after."""
+    repeat, fold = divmod(task, n_folds) if n_folds else (0, task)
+    name = f"fold_{fold}.npz" if repeat == 0 else f"repeat_{repeat}_fold_{fold}.npz"
+    return run.path("crossval", SHARDS) / name
+
+
+def task_name(task: int, n_folds: int, repeats: int) -> str:
+    repeat, fold = divmod(task, n_folds)
+    return f"fold {fold}" if repeats == 1 else f"repeat {repeat} fold {fold}"
 
 
 def save_shard(path: Path, result: FoldResult, key: str, settings: CrossvalSettings) -> dict:
@@ -209,6 +250,7 @@ class CrossvalStage:
     manifest: dict | None = None  # None after a single --fold job (or a Slurm array left running)
     missing: list[int] = field(default_factory=list)
     job_id: str | None = None  # the Slurm job array's ID
+    repeats: int = 1
 
 
 def run_crossval_stage(
@@ -217,6 +259,8 @@ def run_crossval_stage(
     spec=None,
     model: str = "auto",
     n_folds: int = 4,
+    repeats: int = 1,
+    tta: bool | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -237,6 +281,10 @@ def run_crossval_stage(
     Trains on the run's noisy labels when it has a noise stage, else on the dataset's
     labels. ``fold`` runs that single fold and saves its shard; ``combine`` only joins
     existing shards; neither: every fold without a valid shard, then the combination.
+
+    ``repeats`` R > 1 splits the data R times (``R * n_folds`` fold tasks, numbered
+    ``repeat * n_folds + fold``, each a shard) and averages each row's probabilities over the R models
+    that did not see it. ``tta`` (None: the recipe's) averages shifted views of each held-out image.
 
     ``executor`` runs the folds here (``local``), as Ray tasks (``ray``; options ``ray``, a
     :class:`cleanpipe.executors.RayOptions`) or as a Slurm job array (``slurm``; options ``slurm``, a
@@ -263,20 +311,25 @@ def run_crossval_stage(
         spec, ds, is_new = run.bind_dataset(spec)
         labels, true_labels, inputs = run.training_labels(ds)
         settings = default_settings(ds.input_shape, spec.source, model, epochs=epochs, batch_size=batch_size, lr=lr,
-                                    seed=seed, compile=compile, n_folds=n_folds)
+                                    seed=seed, compile=compile, n_folds=n_folds, repeats=repeats, tta=tta)
         build_model(settings.model, ds.input_shape, ds.n_classes)  # wrong model for the data fails here
-        folds = fold_plan(labels, n_folds, seed, ds.class_names)
-        if fold is not None and not 0 <= fold < n_folds:
-            raise ParameterError("fold", f"{fold} is out of range: folds are 0..{n_folds - 1}")
+        folds = fold_plans(labels, n_folds, seed, repeats, ds.class_names)
+        n_tasks = repeats * n_folds
+        if fold is not None and not 0 <= fold < n_tasks:
+            what = f"folds are 0..{n_folds - 1}" if repeats == 1 else \
+                f"with --repeats {repeats} the fold tasks are 0..{n_tasks - 1} (repeat r's fold k is r * {n_folds} + k)"
+            raise ParameterError("fold", f"{fold} is out of range: {what}")
         if is_new:
             run.write_dataset(spec, ds)
-        key = settings.key(labels, ds.fingerprint())
+        fingerprint = ds.fingerprint()
+        keys = {t: settings.key(labels, fingerprint, repeat=t // n_folds) for t in range(n_tasks)}
 
-        rows_of = {k: np.flatnonzero(folds == k) for k in range(n_folds)}
-        shards = {k: load_shard(fold_shard_path(run, k)) for k in range(n_folds)}  # each read once
-        valid = {k for k in range(n_folds) if _valid_shard(shards[k], key, rows_of[k])}
-        todo = [fold] if fold is not None else ([] if combine else [k for k in range(n_folds) if k not in valid])
-        stage = CrossvalStage(settings, n_folds, trained=[], reused=sorted(valid - set(todo)))
+        rows_of = {t: np.flatnonzero(folds[t // n_folds] == t % n_folds) for t in range(n_tasks)}
+        shards = {t: load_shard(fold_shard_path(run, t, n_folds)) for t in range(n_tasks)}  # each read once
+        valid = {t for t in range(n_tasks) if _valid_shard(shards[t], keys[t], rows_of[t])}
+        todo = [fold] if fold is not None else ([] if combine else [t for t in range(n_tasks) if t not in valid])
+        stage = CrossvalStage(settings, n_folds, trained=[], reused=sorted(valid - set(todo)), repeats=repeats)
+        name = lambda t: task_name(t, n_folds, repeats)  # noqa: E731
 
         from cleanpipe.executors import FoldJob, RayOptions, SlurmOptions, run_fold
 
@@ -284,10 +337,10 @@ def run_crossval_stage(
         failed: dict[int, str] = {}
 
         def finished(k: int, result) -> None:  # the driver writes each shard as it arrives
-            shards[k] = save_shard(fold_shard_path(run, k), result, key, settings)
+            shards[k] = save_shard(fold_shard_path(run, k, n_folds), result, keys[k], settings)
             acc = float(np.mean(result.probs.argmax(1) == labels[result.rows]))
             stage.trained.append(k)
-            progress.advance(0, note=f"fold {k}: acc {acc:.3f} in {result.seconds:.1f}s")
+            progress.advance(0, note=f"{name(k)}: acc {acc:.3f} in {result.seconds:.1f}s")
 
         if todo:
             progress.start("folds", len(todo), level=0)
@@ -299,7 +352,7 @@ def run_crossval_stage(
                     finished(k, result)
                 else:
                     failed[k] = error
-                    progress.advance(0, note=f"fold {k} failed")
+                    progress.advance(0, note=f"{name(k)} failed")
         elif todo and executor == "slurm":
             from cleanpipe.executors import SlurmFold, submit_slurm, wait_slurm
 
@@ -313,20 +366,21 @@ def run_crossval_stage(
                 return stage
 
             def ended(k: int, error: str | None) -> None:
-                shard = load_shard(fold_shard_path(run, k))  # written by the task on the shared filesystem
-                if error is None and _valid_shard(shard, key, rows_of[k]):
+                shard = load_shard(fold_shard_path(run, k, n_folds))  # written by the task on the shared filesystem
+                if error is None and _valid_shard(shard, keys[k], rows_of[k]):
                     shards[k] = shard
                     stage.trained.append(k)
-                    progress.advance(0, note=f"fold {k}: done in {float(shard['seconds']):.1f}s")
+                    progress.advance(0, note=f"{name(k)}: done in {float(shard['seconds']):.1f}s")
                 else:
                     failed[k] = error or "the task ended without a valid shard"
-                    progress.advance(0, note=f"fold {k} failed")
+                    progress.advance(0, note=f"{name(k)} failed")
 
             wait_slurm(jobs, todo, ended)
         else:
             for k in todo:
-                ckpt = run.path("crossval", SHARDS) / f"fold_{k}.ckpt.pt"
-                progress.start(f"fold {k} epochs", settings.epochs, level=1)
+                shard_path = fold_shard_path(run, k, n_folds)
+                ckpt = shard_path.with_name(f"{shard_path.stem}.ckpt.pt")
+                progress.start(f"{name(k)} epochs", settings.epochs, level=1)
                 progress.start("batches", 1, level=2)
                 new_epoch = [True]  # the batch bar restarts with each epoch
 
@@ -349,68 +403,78 @@ def run_crossval_stage(
             failure = CleanpipeError(f"fold(s) {', '.join(map(str, sorted(failed)))} failed (fold {k}: {why}){kept}; "
                                      "re-run the same command to retry only those")
         elif fold is not None:
-            stage.missing = [k for k in range(n_folds) if not _valid_shard(shards[k], key, rows_of[k])]
+            stage.missing = [t for t in range(n_tasks) if not _valid_shard(shards[t], keys[t], rows_of[t])]
             return stage
         else:
             stage.manifest = _combine(
-                run, settings, key, labels, true_labels, folds, rows_of, shards, inputs, ds.n_classes, started
+                run, settings, keys, labels, true_labels, folds, rows_of, shards, inputs, ds.n_classes, started
             )
             return stage
     raise failure
 
 
-def _combine(run, settings, key, labels, true_labels, folds, rows_of, loaded, inputs, n_classes, started) -> dict:
+def _combine(run, settings, keys, labels, true_labels, folds, rows_of, loaded, inputs, n_classes, started) -> dict:
+    n_folds, repeats = settings.n_folds, settings.repeats
     shards, missing, foreign = {}, [], []
-    for k, rows in rows_of.items():
-        shard = loaded[k]
+    for t, rows in rows_of.items():
+        shard = loaded[t]
         if shard is None:
-            missing.append(k)
-        elif not _valid_shard(shard, key, rows):
-            foreign.append(k)
+            missing.append(t)
+        elif not _valid_shard(shard, keys[t], rows):
+            foreign.append(t)
         else:
-            shards[k] = shard
+            shards[t] = shard
     if missing or foreign:
         parts = []
+        noun = "fold" if repeats == 1 else "fold task"
         if missing:
-            parts.append(f"no shard for fold(s) {', '.join(map(str, missing))}")
+            parts.append(f"no shard for {noun}(s) {', '.join(map(str, missing))}")
         if foreign:
             theirs = loaded[foreign[0]]["settings"]
-            diff = [f"{k} {theirs[k]} (now {v})" for k, v in asdict(settings).items() if k in theirs and theirs[k] != v]
+            diff = [f"{k} {theirs[k]} (now {v})" for k, v in asdict(settings).items()
+                    if k in theirs and theirs[k] != v and k != "repeats"]
             why = f": {', '.join(diff)}" if diff else " (other labels or data)"
-            parts.append(f"fold(s) {', '.join(map(str, foreign))} were made with other settings{why}")
+            parts.append(f"{noun}(s) {', '.join(map(str, foreign))} were made with other settings{why}")
         raise CleanpipeError(
             f"cannot combine: {'; '.join(parts)}; run `cleanpipe crossval {run.root} --fold I` with the same options for each"
         )
-    pred_probs = np.zeros((len(labels), n_classes), dtype=np.float32)
-    for k, shard in shards.items():
-        pred_probs[shard["rows"]] = shard["probs"]
+    # Each repeat's probabilities in full, then their mean in a fixed order: the same shards give the same bytes.
+    by_repeat = np.zeros((repeats, len(labels), n_classes), dtype=np.float32)
+    for t, shard in shards.items():
+        by_repeat[t // n_folds, shard["rows"]] = shard["probs"]
+    pred_probs = by_repeat[0].astype(np.float64)
+    for r in range(1, repeats):
+        pred_probs += by_repeat[r]
+    pred_probs = (pred_probs / repeats).astype(np.float32)
     oof = pred_probs.argmax(1)
     metrics = {"oof_accuracy": round(float(np.mean(oof == labels)), 6),
                # always predicting the largest class scores this: the floor a useful model must clear
                "chance_accuracy": round(float(np.bincount(labels).max() / max(len(labels), 1)), 6)}
     if true_labels is not None:
         metrics["oof_accuracy_true"] = round(float(np.mean(oof == true_labels)), 6)
+    if repeats > 1:
+        metrics["oof_accuracy_per_repeat"] = [round(float(np.mean(p.argmax(1) == labels)), 6) for p in by_repeat]
     per_fold = {
-        str(k): {
+        (str(t) if repeats == 1 else f"{t // n_folds}/{t % n_folds}"): {
             "accuracy": round(float(np.mean(s["probs"].argmax(1) == labels[s["rows"]])), 6),
             "seconds": round(float(s["seconds"]), 2),
             "device": str(s["device"]),
         }
-        for k, s in sorted(shards.items())
+        for t, s in sorted(shards.items())
     }
     train_seconds = sum(float(s["seconds"]) for s in shards.values())
     metrics["fold_seconds_total"] = round(train_seconds, 2)
     metrics["train_examples_per_second"] = round(
-        settings.epochs * (len(labels) * (settings.n_folds - 1)) / max(train_seconds, 1e-9), 1
+        repeats * settings.epochs * (len(labels) * (n_folds - 1)) / max(train_seconds, 1e-9), 1
     )
     with run.write_stage("crossval", keep=(SHARDS, "slurm"), started=started) as w:  # slurm: the array's logs
         for p in inputs:
             w.record_input(p)
         w.save_npy("pred_probs.npy", pred_probs)
-        w.save_npy("folds.npy", folds)
+        w.save_npy("folds.npy", folds[0] if repeats == 1 else folds)  # (N,), or (R, N) with repeats
         devices = sorted({v["device"] for v in per_fold.values()})
         return w.finish(
-            parameters={**asdict(settings), "shard_key": key},
+            parameters={**asdict(settings), "shard_key": keys[0]},
             metrics={**metrics, "per_fold": per_fold},
             device=", ".join(devices),
         )

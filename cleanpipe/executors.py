@@ -38,7 +38,7 @@ class FoldJob:
 
     X: np.ndarray
     labels: np.ndarray
-    folds: np.ndarray
+    folds: np.ndarray  # int64 (R, N): each repeat's fold plan
     settings: object  # cleanpipe.crossval.CrossvalSettings
     n_classes: int
     device: str = "auto"
@@ -73,13 +73,15 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def run_fold(job: FoldJob, k: int, checkpoint: Path | None = None, on_epoch=None, on_batch=None):
-    """Train fold ``k`` of ``job`` (what every executor calls)."""
+def run_fold(job: FoldJob, task: int, checkpoint: Path | None = None, on_epoch=None, on_batch=None):
+    """Train fold task ``task`` (= repeat * n_folds + fold) of ``job`` (what every executor calls)."""
     from cleanpipe.crossval import train_fold
 
     _threads(job.threads)
-    return train_fold(job.X, job.labels, job.folds, k, job.settings, job.n_classes, device=job.device,
-                      checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch, device_memory=job.device_memory)
+    repeat, fold = divmod(task, job.settings.n_folds)
+    return train_fold(job.X, job.labels, job.folds[repeat], fold, job.settings, job.n_classes, device=job.device,
+                      checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch, device_memory=job.device_memory,
+                      repeat=repeat)
 
 
 def preflight(executor: str, ray: "RayOptions | None", slurm: "SlurmOptions | None") -> None:
@@ -198,16 +200,16 @@ class SlurmFold:
     device_memory: int | None
 
     def __call__(self, k: int) -> str:
-        from cleanpipe.crossval import fold_plan, fold_shard_path, save_shard
+        from cleanpipe.crossval import fold_plans, fold_shard_path, save_shard
         from cleanpipe.run import Run
 
         run = Run(self.root)
         _, ds, _ = run.bind_dataset(None)
         labels, _, _ = run.training_labels(ds)
-        folds = fold_plan(labels, self.n_folds, self.seed, ds.class_names)
-        key = self.settings.key(labels, ds.fingerprint())
-        shard = fold_shard_path(run, k)
-        ckpt = shard.with_name(f"fold_{k}.ckpt.pt")  # a preempted task resumes from its last epoch
+        folds = fold_plans(labels, self.n_folds, self.seed, self.settings.repeats, ds.class_names)
+        key = self.settings.key(labels, ds.fingerprint(), repeat=k // self.n_folds)
+        shard = fold_shard_path(run, k, self.n_folds)
+        ckpt = shard.with_name(f"{shard.stem}.ckpt.pt")  # a preempted task resumes from its last epoch
         result = run_fold(FoldJob(ds.X_train, labels, folds, self.settings, ds.n_classes, self.device, self.threads,
                                   self.device_memory), k, checkpoint=ckpt)
         save_shard(shard, result, key, self.settings)

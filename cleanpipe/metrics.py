@@ -37,3 +37,26 @@ def error_auroc(label_quality: np.ndarray, true_errors: np.ndarray) -> float | N
         return None
     return float(roc_auc_score(true_errors, -np.asarray(label_quality, dtype=np.float64)))
 
+
+
+def error_average_precision(label_quality: np.ndarray, true_errors: np.ndarray) -> float | None:
+    """Average precision of ``label_quality`` (low = suspicious) for the true errors: the area under the
+    precision-recall curve of the ranked list, what a reviewer reading from the top feels. None without errors."""
+    from sklearn.metrics import average_precision_score
+
+    true_errors = np.asarray(true_errors, bool)
+    if not true_errors.any():
+        return None
+    return float(average_precision_score(true_errors, -np.asarray(label_quality, dtype=np.float64)))
+
+
+def recall_at_k(label_quality: np.ndarray, true_errors: np.ndarray, k: int | None = None) -> float | None:
+    """Share of the true errors among the ``k`` lowest-quality examples (default k = the number of true
+    errors, where recall equals precision). Ties in order of index. None without errors."""
+    true_errors = np.asarray(true_errors, bool)
+    n_err = int(true_errors.sum())
+    if n_err == 0:
+        return None
+    k = n_err if k is None else int(k)
+    top = np.argsort(np.asarray(label_quality, dtype=np.float64), kind="stable")[:k]
+    return float(true_errors[top].sum() / n_err)

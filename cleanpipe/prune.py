@@ -22,7 +22,7 @@ from cleanpipe.detect.confident import (
     worst_first,
 )
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.metrics import detection_metrics, error_auroc
+from cleanpipe.metrics import detection_metrics, error_auroc, error_average_precision, recall_at_k
 from cleanpipe.run import Run, load_npy
 from cleanpipe.validation import check_choice, check_number
 
@@ -195,6 +195,8 @@ def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, par
         errors = inputs.labels != inputs.true_labels
         m = detection_metrics(det.issue_mask, errors)
         auroc = error_auroc(det.label_quality, errors)
+        ap = error_average_precision(det.label_quality, errors)
+        rk = recall_at_k(det.label_quality, errors)
         metrics.update({
             "true_noise_rate": round(float(errors.mean()), 6),
             "true_noise_rate_kept": round(float(errors[~det.issue_mask].mean()) if (~det.issue_mask).any() else 0.0, 6),
@@ -202,6 +204,10 @@ def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, par
             "recall": round(m["recall"], 6),
             "f1": round(m["f1"], 6),
             "auroc": None if auroc is None else round(auroc, 6),
+            # the ranking by label_quality, whatever the threshold: k = the number of true errors
+            "average_precision": None if ap is None else round(ap, 6),
+            "recall_at_k": None if rk is None else round(rk, 6),
+            "k": int(errors.sum()),
         })
     metrics.update(extra_metrics or {})
     with run.write_stage("prune") as w:

@@ -15,7 +15,7 @@ its reason and the command that measured it here, beside its value.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 
 
@@ -40,13 +40,15 @@ def data_kind(input_shape: tuple[int, ...]) -> DataKind:
 
 @dataclass(frozen=True)
 class Fit:
-    """One stage's training recipe: epochs, batch size, peak learning rate (None: the optimizer's), optimizer, flips."""
+    """One stage's training recipe: epochs, batch size, peak learning rate (None: the optimizer's), optimizer, flips;
+    ``tta`` (crossval only): shifted views of each held-out image averaged."""
 
     epochs: int
     batch_size: int
     lr: float | None = None
     optimizer: str = "sgd"
     flip: bool = False
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,8 @@ def fit_settings(stage: str, input_shape: tuple[int, ...], *, source: str | None
     natural = source is None or (source in SOURCES and SOURCES[source].natural_images)
     base = dict(model=model, epochs=fit.epochs, batch_size=fit.batch_size, lr=fit.lr, optimizer=fit.optimizer,
                 flip=fit.flip and natural)
+    if stage == "crossval" and "tta" in {f.name for f in fields(cls)}:
+        base["tta"] = fit.tta
     base.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**base)
 

@@ -185,3 +185,67 @@ def test_manifest_wall_time_covers_the_folds(tmp_path, cli):
     assert cli("crossval", run, "--dataset", "digits", "--folds", 2, "--epochs", 3)[0] == 0
     man = json.loads((run / "crossval" / "manifest.json").read_text())
     assert man["wall_time_s"] >= man["metrics"]["fold_seconds_total"]
+
+
+def _random_table(path, n=120, d=300, k=3, seed=0):
+    """Labels with no relation to the features: a model that saw a row recalls its label, one that did not guesses."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.normal(size=(n, d)).astype(np.float32), columns=[f"f{i}" for i in range(d)])
+    df["y"] = np.tile(np.arange(k), n // k)[rng.permutation(n)]
+    df.to_csv(path, index=False)
+    return df["y"].to_numpy()
+
+
+def test_repeats_average_only_models_that_never_saw_the_row(tmp_path, cli):
+    from cleanpipe.models import build_model
+
+    y = _random_table(tmp_path / "t.csv")
+    run = tmp_path / "r"
+    data = ("--dataset", "table", "--data", tmp_path / "t.csv", "--label-column", "y", "--test-fraction", 0)
+    code, out, err = cli("crossval", run, *data, "--model", "logreg", "--repeats", 2, "--seed", 5)
+    assert code == 0, err
+    assert "4 folds x 2 repeats" in out
+    probs = np.load(run / "crossval" / "pred_probs.npy")
+    folds = np.load(run / "crossval" / "folds.npy")
+    assert folds.shape == (2, len(y)) and not np.array_equal(folds[0], folds[1])
+    X = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1, dtype=np.float32)[:, :-1]
+    given = np.arange(len(y))
+    # Rebuild each row's two models: both were trained without it, and their mean is pred_probs.
+    expected = np.zeros_like(probs, dtype=np.float64)
+    recalled = []
+    for r in range(2):
+        for k in range(4):
+            train = folds[r] != k
+            model = build_model("logreg", (X.shape[1],), 3).fit(X[train], y[train])
+            expected[~train] += model.predict_proba(X[~train]) / 2
+            recalled.append(model.predict_proba(X[train])[np.arange(train.sum()), y[train]].mean())
+    assert np.abs(expected - probs).max() < 1e-5
+    # Unseen rows are guesses (about 1/3 on the given label); a model that saw them recalls them.
+    assert probs[given, y].mean() < 0.45 and min(recalled) > 0.8
+
+
+def test_repeated_run_resumes_byte_identical(tmp_path, cli):
+    _random_table(tmp_path / "t.csv", n=96, d=8)
+    data = ("--dataset", "table", "--data", tmp_path / "t.csv", "--label-column", "y", "--test-fraction", 0)
+    one = tmp_path / "one"
+    code, _, err = cli("crossval", one, *data, "--epochs", 2, "--repeats", 2)
+    assert code == 0, err
+    shards = one / "crossval" / "shards"
+    assert sorted(p.name for p in shards.glob("*.npz")) == sorted(
+        [f"fold_{k}.npz" for k in range(4)] + [f"repeat_1_fold_{k}.npz" for k in range(4)])
+    # A run with one repeat first, a second repeat later; one task as its own job; an interrupted repeat.
+    two = tmp_path / "two"
+    assert cli("crossval", two, *data, "--epochs", 2)[0] == 0
+    assert cli("crossval", two, *data, "--epochs", 2, "--repeats", 2, "--fold", 6)[0] == 0  # repeat 1, fold 2
+    code, out, err = cli("crossval", two, *data, "--epochs", 2, "--repeats", 2)
+    assert code == 0, err
+    assert "reused finished folds 0, 1, 2, 3, 6" in out
+    for f in ("pred_probs.npy", "folds.npy"):
+        assert (one / "crossval" / f).read_bytes() == (two / "crossval" / f).read_bytes()
+    (shards / "repeat_1_fold_3.npz").unlink()
+    assert cli("crossval", one, *data, "--epochs", 2, "--repeats", 2)[0] == 0
+    assert (one / "crossval" / "pred_probs.npy").read_bytes() == (two / "crossval" / "pred_probs.npy").read_bytes()
+    code, _, err = cli("crossval", one, *data, "--epochs", 2, "--repeats", 2, "--fold", 8)
+    assert code != 0 and "fold tasks are 0..7" in err

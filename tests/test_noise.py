@@ -1,5 +1,6 @@
 """Noise kinds: matrices, sampling fidelity on MNIST-10k, the CL paper's file, bad input."""
 
+import json
 import subprocess
 import sys
 
@@ -226,3 +227,75 @@ def test_unwritable_run_directory_is_one_line(tmp_path, cli):
 def test_embedded_source_refuses_data_path(tmp_path, cli):
     code, out, err = cli("noise", tmp_path / "r", "--dataset", "digits", "--data", tmp_path, "--kind", "symmetric", "--rate", 0.2)
     assert code == 2 and "takes no --data" in err and not (tmp_path / "r").exists()
+
+
+# ---- low rates and semantic noise (issue 18) -------------------------------------------------
+
+
+def _digit_labels():
+    from sklearn.datasets import load_digits
+
+    return load_digits().target[:1437].astype(np.int64)
+
+
+@pytest.mark.parametrize("rate", [0.005, 0.01, 0.03])
+@pytest.mark.parametrize("kind", KINDS)
+def test_low_rates_give_the_noise_they_say(kind, rate):
+    """At 0.5% no kind rounds its flips down to nothing: the total is exact and each class gets the
+    floor or ceiling of its expected flips (0.72 on a digits class at 0.5%, so some get none)."""
+    y = _digit_labels()
+    r = make_noisy_labels(y, kind, rate, n_classes=10, class_map=DIGIT_MAP if kind == "asymmetric" else None, seed=4)
+    changed = r.noisy_labels != y
+    assert changed.sum() == round(r.expected_noise_rate * len(y)) > 0
+    expected_per_class = np.bincount(y, minlength=10) * (1 - np.diag(r.noise_matrix))
+    got = np.bincount(y[changed], minlength=10)
+    assert np.all(got >= np.floor(expected_per_class - 1e-9)) and np.all(got <= np.ceil(expected_per_class + 1e-9))
+    # flips go only where the matrix allows them
+    assert np.all(r.noise_matrix[r.noisy_labels[changed], y[changed]] > 0)
+
+
+def test_flip_counts_break_ties_by_seed_not_class_order():
+    from cleanpipe.noise import flip_counts
+
+    sizes = np.full(10, 100)  # every class expects 0.5 flips: 5 of the 10 get one
+    M = noise_matrix("symmetric", 10, 0.005)
+    picked = {tuple(np.flatnonzero(flip_counts(sizes, M, seed=s).sum(0) - np.diag(flip_counts(sizes, M, seed=s))))
+              for s in range(6)}
+    assert all(len(p) == 5 for p in picked) and len(picked) > 1  # not always the first five classes
+
+
+def test_semantic_noise_on_digits(tmp_path, cli):
+    runs = []
+    for name in ("a", "b"):
+        code, out, err = cli("noise", tmp_path / name, "--dataset", "digits", "--kind", "semantic", "--rate", 0.1,
+                             "--seed", 2)
+        assert code == 0, err
+        runs.append(tmp_path / name / "noise")
+    assert "labeler: trained on" in out
+    for f in ("noisy_labels.npy", "noise_matrix.npy", "labeler_rows.npy"):
+        assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes()  # same seed, same bytes
+    from cleanpipe.data import DataSpec, load_dataset
+
+    y = load_dataset(DataSpec("digits")).y_train
+    noisy = np.load(runs[0] / "noisy_labels.npy")
+    m = json.loads((runs[0] / "manifest.json").read_text())["metrics"]
+    assert m["n_changed"] == round(0.1 * len(y)) and abs(m["actual_noise_rate"] - 0.1) < 0.005
+    assert np.array_equal(np.load(runs[0] / "noise_matrix.npy"), transition_matrix(y, noisy, 10))
+    assert not np.any(noisy[np.load(runs[0] / "labeler_rows.npy")] != y[np.load(runs[0] / "labeler_rows.npy")])
+    # Confusions, not random flips: a tenth of the 90 (true, noisy) pairs hold most of the errors
+    # (symmetric noise would put about a tenth there).
+    counts = np.zeros((10, 10), int)
+    np.add.at(counts, (y[noisy != y], noisy[noisy != y]), 1)
+    assert np.sort(counts, axis=None)[::-1][:9].sum() > 0.5 * m["n_changed"]
+    assert m["top_confusions"][0]["count"] == counts.max()
+
+
+def test_semantic_noise_refusals(tmp_path, cli):
+    np.save(tmp_path / "y.npy", _digit_labels())
+    code, _, err = cli("noise", tmp_path / "s", "--labels", tmp_path / "y.npy", "--kind", "semantic", "--rate", 0.1)
+    assert code != 0 and "learns from the examples" in err and "Traceback" not in err
+    code, _, err = cli("noise", tmp_path / "t", "--dataset", "digits", "--kind", "semantic", "--rate", 0.99)
+    assert code != 0 and "outside the labeler's share" in err and not (tmp_path / "t" / "noise").exists()
+    code, _, err = cli("noise", tmp_path / "u", "--dataset", "digits", "--kind", "symmetric", "--rate", 0.1,
+                       "--labeler-fraction", 0.2)
+    assert code != 0 and "only to --kind semantic" in err

@@ -48,8 +48,27 @@ def test_digits_pipeline_report_top_rows_are_true_errors(tmp_path, cli):
     assert top >= 0.95 > chance + 0.4
     m = json.loads((run / "prune" / "manifest.json").read_text())["metrics"]
     assert m["f1"] >= 0.9 and m["auroc"] >= 0.95
+    # the ranking's own scores, from the report's order (worst label quality first)
+    from cleanpipe.metrics import error_average_precision, recall_at_k
+
+    errors, quality = report["is_true_error"].to_numpy(), report["label_quality"].to_numpy()
+    assert m["k"] == errors.sum() and m["average_precision"] >= 0.98
+    assert m["average_precision"] == pytest.approx(error_average_precision(quality, errors), abs=1e-3)
+    assert m["recall_at_k"] == pytest.approx(recall_at_k(quality, errors), abs=2 / m["k"])  # ties in label_quality
+    assert "average precision" in out and f"recall within the top {m['k']:,}" in out
     assert list(report.columns[:3]) == ["index", "id", "given_label"]
     assert "most suspicious" in out
+
+
+def test_ranking_metrics_by_hand():
+    from cleanpipe.metrics import error_average_precision, recall_at_k
+
+    quality = np.array([0.1, 0.2, 0.9, 0.3, 0.8])
+    errors = np.array([True, False, False, True, False])
+    # ranked: 0 (error), 1, 3 (error), 4, 2: precision at the two errors 1 and 2/3
+    assert error_average_precision(quality, errors) == pytest.approx((1 + 2 / 3) / 2)
+    assert recall_at_k(quality, errors) == 0.5 and recall_at_k(quality, errors, k=3) == 1.0
+    assert error_average_precision(quality, np.zeros(5, bool)) is None and recall_at_k(quality, np.zeros(5, bool)) is None
 
 
 def test_mnist_pipeline_f1(tmp_path, cli, mnist_dir):

@@ -59,6 +59,7 @@ class TrainConfig:
     flip: bool = False
     policy: str | None = None
     tta_flip: bool = False
+    tta_shift: bool = False
     bf16: bool = True
     channels_last: bool = True
     compile: bool = False
@@ -203,7 +204,7 @@ def fit(
     nets = place_nets(nets, device, cfg, data.is_image)
     forwards = [torch.compile(n) if cfg.compile else n for n in nets]
     opt = _optimizer(nets, cfg)
-    augment = Augment(pad=max(1, round(min(data.X.shape[2:]) / 14)), flip=cfg.flip, policy=cfg.policy) if (
+    augment = Augment(pad=translation_pad(data.X), flip=cfg.flip, policy=cfg.policy) if (
         cfg.augment and data.is_image) else None
 
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
@@ -305,7 +306,8 @@ def predict_proba(
     """Softmax probabilities of ``data[rows]``, float32 (n, K), rows summing to 1.
 
     Several networks are averaged; with ``cfg.tta_flip`` each image is also scored
-    mirrored and the two averaged.
+    mirrored, with ``cfg.tta_shift`` also moved up, down, left and right by the training
+    translation (:func:`translation_pad` pixels), and the views averaged.
     """
     nets = [nets] if isinstance(nets, nn.Module) else list(nets)
     device = data.device
@@ -320,6 +322,8 @@ def predict_proba(
         if data.is_image and cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(3)] if (cfg.tta_flip and data.is_image) else [x]
+        if cfg.tta_shift and data.is_image:
+            views = [v for u in views for v in (u, *_shifted(u, translation_pad(x)))]
         p = torch.zeros((), device=device)
         with _autocast(device, cfg):
             for net in nets:
@@ -328,6 +332,18 @@ def predict_proba(
         out.append(p / (len(nets) * len(views)))
     probs = torch.cat(out).cpu().numpy().astype(np.float32)
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+def translation_pad(x: torch.Tensor) -> int:
+    """Pixels of the random translation in training (and of the shifted views at test time)."""
+    return max(1, round(min(x.shape[2:]) / 14))
+
+
+def _shifted(x: torch.Tensor, d: int) -> list[torch.Tensor]:
+    """``x`` moved by ``d`` pixels up, down, left and right, reflect-padded as in training."""
+    H, W = x.shape[2:]
+    padded = torch.nn.functional.pad(x, (d, d, d, d), mode="reflect")
+    return [padded[:, :, dy : dy + H, dx : dx + W] for dy, dx in ((0, d), (2 * d, d), (d, 0), (d, 2 * d))]
 
 
 def _save_checkpoint(path: Path, epoch: int, nets, opt, method: Method, cfg: TrainConfig, emas=()) -> None:
