@@ -259,7 +259,7 @@ def run_crossval_stage(
     spec=None,
     model: str = "auto",
     n_folds: int = 4,
-    repeats: int = 1,
+    repeats: int | None = None,
     tta: bool | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -284,7 +284,7 @@ def run_crossval_stage(
 
     ``repeats`` R > 1 splits the data R times (``R * n_folds`` fold tasks, numbered
     ``repeat * n_folds + fold``, each a shard) and averages each row's probabilities over the R models
-    that did not see it. ``tta`` (None: the recipe's) averages shifted views of each held-out image.
+    that did not see it. ``tta`` averages shifted views of each held-out image. None: the recipe's.
 
     ``executor`` runs the folds here (``local``), as Ray tasks (``ray``; options ``ray``, a
     :class:`cleanpipe.executors.RayOptions`) or as a Slurm job array (``slurm``; options ``slurm``, a
@@ -313,6 +313,7 @@ def run_crossval_stage(
         settings = default_settings(ds.input_shape, spec.source, model, epochs=epochs, batch_size=batch_size, lr=lr,
                                     seed=seed, compile=compile, n_folds=n_folds, repeats=repeats, tta=tta)
         build_model(settings.model, ds.input_shape, ds.n_classes)  # wrong model for the data fails here
+        repeats = settings.repeats
         folds = fold_plans(labels, n_folds, seed, repeats, ds.class_names)
         n_tasks = repeats * n_folds
         if fold is not None and not 0 <= fold < n_tasks:

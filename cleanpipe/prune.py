@@ -123,7 +123,7 @@ def run_prune_stage(
     true_labels_file: Path | None = None,
     frac_noise: float = 1.0,
     num_to_remove_per_class: list[int] | None = None,
-    rank_by: str = "self_confidence",
+    rank_by: str = "normalized_margin",
     incv: dict | None = None,
     progress=None,
 ) -> PruneStage:

@@ -96,7 +96,7 @@ def plot_issues_per_class(given: np.ndarray, issue: np.ndarray, true_error: np.n
 
 
 def plot_quality_histogram(quality: np.ndarray, true_error: np.ndarray | None, path: Path) -> None:
-    """Histogram of label quality (the probability of the given label), split by true error when known."""
+    """Histogram of label quality (prune's ``--rank-by`` score), split by true error when known."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     bins = np.linspace(0, 1, 41)

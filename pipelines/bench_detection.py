@@ -9,9 +9,11 @@ the noise once, then computes ``pred_probs`` with crossval's defaults and with e
 (``--tta``: shifted views of the held-out images; ``--repeats 2``: two fold splits averaged; both) and
 scores confident learning's default filter (prune_by_noise_rate) on each, and INCV once. Columns:
 flagged, precision, recall, F1 at the filter's threshold; average precision of label quality for the
-true errors and recall within the top k (k = the number of true errors); crossval's training seconds
+true errors and recall within the top k (k = the number of true errors), for the self_confidence and
+normalized_margin scores (``--rank-by``); crossval's training seconds
 (the sum over its folds, on this machine; ``--repeats 2`` reuses the default's first split, whose time
-it counts). A second table compares the ``--rank-by`` scores on the same probabilities.
+it counts). A second table compares all three ``--rank-by`` scores. The "plain" row is round 1's default
+(no tta, rank by self_confidence); the defaults chosen from this table are in ``cleanpipe.recipes``.
 
 Everything goes through the library's stages, as the CLI would call them, into ``--out``.
 """
@@ -139,37 +141,51 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+SHOWN = {"defaults": "plain (round 1 default)", "tta": "tta", "repeats 2": "repeats 2", "repeats 2 + tta": "repeats 2 + tta"}
+
+
+def _fmt(v: list[dict], key: str, how: str | None = None) -> str:
+    vals = [x["rank_by"][how][key] if how else x[key] for x in v]
+    return f"{mean(vals):.3f}"
+
+
 def tables(results: dict, seeds: list[int]) -> str:
     lines = []
+    sc, nm = "self_confidence", "normalized_margin"
     for ds_name, by_noise in results.items():
-        lines.append(f"\n**{ds_name}** (mean of seeds {', '.join(map(str, seeds))}; crossval s: training seconds summed over folds)\n")
-        lines.append("| noise | actual rate | pred_probs | flagged | precision | recall | F1 | average precision | recall@k | crossval s |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines.append(f"\n**{ds_name}** (mean of seeds {', '.join(map(str, seeds))}; AP: average precision of label "
+                     "quality for the true errors, r@k: recall within the top k, each with --rank-by self_confidence "
+                     "(sc) and normalized_margin (nm); crossval s: training seconds summed over the folds)\n")
+        lines.append("| noise | actual rate | pred_probs | flagged | precision | recall | F1 | AP sc | AP nm | r@k sc | r@k nm | crossval s |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for noise, per_seed in by_noise.items():
             rate = mean([r["noise"]["actual_noise_rate"] for r in per_seed])
+            label = noise.replace(":", " ")
             for variant in VARIANTS:
                 v = [r["variants"][variant] for r in per_seed]
                 lines.append(
-                    f"| {noise.replace(':', ' ')} | {rate:.4f} | {variant} | {mean([x['n_issues'] for x in v]):.0f} | "
-                    f"{mean([x['precision'] for x in v]):.3f} | {mean([x['recall'] for x in v]):.3f} | "
-                    f"{mean([x['f1'] for x in v]):.3f} | {mean([x['average_precision'] for x in v]):.3f} | "
-                    f"{mean([x['recall_at_k'] for x in v]):.3f} | {mean([x['crossval_fold_seconds'] for x in v]):.1f} |")
+                    f"| {label} | {rate:.4f} | {SHOWN[variant]} | {mean([x['n_issues'] for x in v]):.0f} | "
+                    f"{_fmt(v, 'precision')} | {_fmt(v, 'recall')} | {_fmt(v, 'f1')} | "
+                    f"{_fmt(v, 'average_precision', sc)} | {_fmt(v, 'average_precision', nm)} | "
+                    f"{_fmt(v, 'recall_at_k', sc)} | {_fmt(v, 'recall_at_k', nm)} | "
+                    f"{mean([x['crossval_fold_seconds'] for x in v]):.1f} |")
             if all("incv" in r for r in per_seed):
                 v = [r["incv"] for r in per_seed]
                 lines.append(
-                    f"| {noise.replace(':', ' ')} | {rate:.4f} | INCV (its own models) | {mean([x['n_issues'] for x in v]):.0f} | "
-                    f"{mean([x['precision'] for x in v]):.3f} | {mean([x['recall'] for x in v]):.3f} | "
-                    f"{mean([x['f1'] for x in v]):.3f} | {mean([x['average_precision'] for x in v]):.3f} | "
-                    f"{mean([x['recall_at_k'] for x in v]):.3f} | {mean([x['seconds'] for x in v]):.1f} (all of INCV) |")
-        lines.append(f"\n**{ds_name}, --rank-by** (average precision / recall@k on the defaults' probabilities)\n")
-        lines.append("| noise | " + " | ".join(RANK_BY) + " |")
-        lines.append("|---|" + "---|" * len(RANK_BY))
+                    f"| {label} | {rate:.4f} | INCV (its own models) | {mean([x['n_issues'] for x in v]):.0f} | "
+                    f"{_fmt(v, 'precision')} | {_fmt(v, 'recall')} | {_fmt(v, 'f1')} | "
+                    f"{_fmt(v, 'average_precision')} (its own score) | | {_fmt(v, 'recall_at_k')} | | "
+                    f"{mean([x['seconds'] for x in v]):.1f} (all of INCV) |")
+        lines.append(f"\n**{ds_name}, every --rank-by** (average precision / recall@k; plain probabilities, then tta)\n")
+        lines.append("| noise | pred_probs | " + " | ".join(RANK_BY) + " |")
+        lines.append("|---|---|" + "---|" * len(RANK_BY))
         for noise, per_seed in by_noise.items():
-            cells = []
-            for how in RANK_BY:
-                v = [r["variants"]["defaults"]["rank_by"][how] for r in per_seed]
-                cells.append(f"{mean([x['average_precision'] for x in v]):.3f} / {mean([x['recall_at_k'] for x in v]):.3f}")
-            lines.append(f"| {noise.replace(':', ' ')} | " + " | ".join(cells) + " |")
+            for variant in ("defaults", "tta"):
+                cells = []
+                for how in RANK_BY:
+                    v = [r["variants"][variant] for r in per_seed]
+                    cells.append(f"{_fmt(v, 'average_precision', how)} / {_fmt(v, 'recall_at_k', how)}")
+                lines.append(f"| {noise.replace(':', ' ')} | {SHOWN[variant]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -425,3 +425,22 @@ def test_train_config_accepts_the_edges():
         TrainConfig(**kw)
     assert TrainConfig().peak_lr == 0.1 and TrainConfig(optimizer="adamw").peak_lr == 2e-3
     assert TrainConfig(lr=0.05).peak_lr == 0.05
+
+
+def test_tta_shift_averages_the_image_and_its_four_translations():
+    torch.manual_seed(0)
+    X = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8).numpy()
+    data = DeviceData(X, CPU)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 3)).eval()
+    rows = np.arange(12)
+    cfg = TrainConfig(epochs=1, batch_size=4, tta_shift=True, channels_last=False)
+    got = predict_proba(net, data, rows, cfg)
+    x = data.batch(torch.as_tensor(rows))
+    d = loop.translation_pad(x)  # 2 px on 28x28, as in training
+    padded = F.pad(x, (d, d, d, d), mode="reflect")
+    views = [x] + [padded[:, :, dy:dy + 28, dx:dx + 28] for dy, dx in ((0, d), (2 * d, d), (d, 0), (d, 2 * d))]
+    with torch.no_grad():
+        want = torch.stack([torch.softmax(net(v), 1) for v in views]).mean(0).numpy()
+    assert d == 2 and np.abs(got - want).max() < 1e-5
+    plain = predict_proba(net, data, rows, TrainConfig(epochs=1, batch_size=4, channels_last=False))
+    assert np.abs(plain - got).max() > 1e-3  # the views matter
