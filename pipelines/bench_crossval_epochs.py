@@ -55,7 +55,7 @@ def main() -> None:
                 run.mkdir()
                 shutil.copy(noised / "dataset.json", run)
                 shutil.copytree(noised / "noise", run / "noise")
-                cli("crossval", run, "--epochs", epochs, *seed)
+                cli("crossval", run, "--epochs", epochs, "--repeats", 1, "--no-tta", *seed)  # the epochs alone
                 cli("prune", run, "--top", 0)
                 cv = json.loads((run / "crossval" / "manifest.json").read_text())["metrics"]
                 pr = json.loads((run / "prune" / "manifest.json").read_text())["metrics"]
