@@ -31,12 +31,19 @@ SHARDS = "shards"
 def fold_plan(labels: np.ndarray, n_folds: int, seed: int, class_names=None) -> np.ndarray:
     """Assign every example to a fold: stratified, shuffled with ``seed``.
 
+    Each class's examples, in an order shuffled by ``numpy.random.default_rng(seed)``, are dealt to
+    the folds in turn, each class starting where the previous one stopped: every fold holds each
+    class's count divided by K give or take one, and fold sizes differ by at most one. (Written with
+    NumPy rather than scikit-learn's ``StratifiedKFold``: importing scikit-learn costs crossval
+    0.8 s of a 1-epoch run's start-up, and this is its only use there.)
+
     Parameters
     ----------
     labels : np.ndarray
         int of shape (N,).
     n_folds : int
         K, at least 2 and at most the size of the smallest class.
+    seed : int
     class_names : sequence of str, optional
         Names the smallest class in the error when there are too few of it.
 
@@ -45,8 +52,7 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int, class_names=None) -> 
     np.ndarray
         int64 of shape (N,), values 0..K-1.
     """
-    from sklearn.model_selection import StratifiedKFold
-
+    labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
     check_number(n_folds, "n_folds", low=2)
@@ -60,10 +66,17 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int, class_names=None) -> 
             "n_folds", f"{n_folds} is larger than the smallest class ({smallest} examples of class {name}); "
             f"use {smallest} or fewer"
         )
+    rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
-        folds[held_out] = k
+    by_class = np.argsort(labels, kind="stable")  # class 0's rows, then class 1's, ...
+    ends = np.cumsum(counts)
+    start = 0
+    for c, count in enumerate(counts):
+        if count == 0:
+            continue
+        members = by_class[ends[c] - count : ends[c]]
+        folds[members[rng.permutation(count)]] = (start + np.arange(count)) % n_folds
+        start = (start + count) % n_folds
     return folds
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanpipe.data.base import largest_remainder
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.run import Run
 
@@ -213,28 +214,13 @@ def flip_counts(class_sizes: np.ndarray, matrix: np.ndarray, *, seed: int = 0) -
     K = len(sizes)
     off = sizes[None, :] * matrix * (1.0 - np.eye(K))
     tie_rng = np.random.default_rng([seed, 1])  # a stream of its own: the sampling's stays as it was
-    per_class = _largest_remainder(off.sum(axis=0), tie_rng)
+    per_class = largest_remainder(off.sum(axis=0), tie_rng)
     counts = np.zeros((K, K), dtype=np.int64)
     for j in range(K):
         if per_class[j]:
-            counts[:, j] = _largest_remainder(off[:, j], tie_rng, total=int(per_class[j]))
+            counts[:, j] = largest_remainder(off[:, j], tie_rng, total=int(per_class[j]))
         counts[j, j] = int(class_sizes[j]) - counts[:, j].sum()
     return counts
-
-
-def _largest_remainder(quotas: np.ndarray, rng: np.random.Generator, total: int | None = None) -> np.ndarray:
-    """Integers summing to ``total`` (default round(sum(quotas))), each the floor or ceiling of its quota.
-
-    The largest remainders are rounded up; equal remainders in a random order.
-    """
-    base = np.floor(quotas + 1e-9).astype(np.int64)
-    total = int(round(quotas.sum())) if total is None else total
-    short = total - int(base.sum())
-    if short > 0:
-        remainder = np.round(quotas - base, 9)  # equal in exact arithmetic compares equal here
-        order = np.lexsort((rng.permutation(len(quotas)), -remainder))
-        base[order[:short]] += 1
-    return base
 
 
 def make_noisy_labels(

@@ -213,10 +213,12 @@ class FitSettings:
     def train_config(self, seed: int, **overrides):
         """The engine's :class:`~cleanpipe.engine.TrainConfig` (flip augmentation implies flip averaging)."""
         from cleanpipe.engine import TrainConfig
+        from cleanpipe.models import MODELS
 
         base = dict(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                     flip=self.flip, tta_flip=self.flip, compile=self.compile, seed=seed)
-        return TrainConfig(**{**base, **overrides})
+        made_for = MODELS[self.model].train if self.model in MODELS else {}  # e.g. airbench's look-ahead
+        return TrainConfig(**{**base, **made_for, **overrides})
 
     def as_dict(self) -> dict:
         return asdict(self)

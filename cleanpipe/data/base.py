@@ -6,7 +6,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from cleanpipe.errors import CleanpipeError
 
@@ -119,13 +118,33 @@ def stratified_split(
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:
         raise CleanpipeError("every class needs at least 2 examples for a stratified train/test split")
-    idx = np.arange(len(y))
-    try:
-        tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
-    except ValueError as e:  # e.g. test part smaller than the number of classes
-        raise CleanpipeError(f"cannot split {len(y)} examples with --test-fraction {test_fraction}: {e}") from None
+    # Each class gives its share of ceil(fraction * N) test rows (largest remainders rounded up, ties in
+    # a seeded order) and keeps at least one training row; which rows, a seeded shuffle of the class decides.
+    rng = np.random.default_rng(seed)
+    n_test = int(np.ceil(test_fraction * len(y)))
+    per_class = np.minimum(largest_remainder(counts * (n_test / len(y)), rng, total=n_test), np.maximum(counts - 1, 0))
+    by_class = np.argsort(y, kind="stable")
+    ends = np.cumsum(counts)
+    te = np.concatenate([rng.permutation(by_class[ends[c] - counts[c] : ends[c]])[: per_class[c]]
+                         for c in range(len(counts))])
+    tr = np.setdiff1d(np.arange(len(y)), te)
     tr, te = np.sort(tr), np.sort(te)
     return X[tr], y[tr], ids[tr], X[te], y[te], ids[te]
+
+
+def largest_remainder(quotas: np.ndarray, rng: np.random.Generator, total: int | None = None) -> np.ndarray:
+    """Integers summing to ``total`` (default round(sum(quotas))), each the floor or ceiling of its quota.
+
+    The largest remainders are rounded up; equal remainders in a random order.
+    """
+    base = np.floor(quotas + 1e-9).astype(np.int64)
+    total = int(round(quotas.sum())) if total is None else total
+    short = total - int(base.sum())
+    if short > 0:
+        remainder = np.round(quotas - base, 9)  # equal in exact arithmetic compares equal here
+        order = np.lexsort((rng.permutation(len(quotas)), -remainder))
+        base[order[:short]] += 1
+    return base
 
 
 def index_ids(n: int, offset: int = 0) -> np.ndarray:

@@ -41,6 +41,10 @@ class TrainConfig:
     next one 1.5 times longer with a peak 0.9 times lower. ``ema`` > 0 keeps an exponential
     moving average of the weights, ``d = min(ema, (1 + t) / (10 + t))`` after step t, with the
     live BatchNorm statistics; the averaged networks are the ones evaluated and returned.
+
+    ``lookahead`` k > 0 is airbench's look-ahead: every k steps a slow copy of each network's weights
+    and BatchNorm statistics moves towards the live ones by ``1 - d`` with ``d = 0.95**k (t / T)**3`` (no
+    pull early, 0.77 at the end) and the live network is reset to it; training ends on the slow copy.
     """
 
     epochs: int = 20
@@ -54,6 +58,7 @@ class TrainConfig:
     warmup: float = 0.2
     restart_steps: int = 0
     ema: float = 0.0
+    lookahead: int = 0
     label_smoothing: float = 0.0
     augment: bool = True
     flip: bool = False
@@ -70,6 +75,7 @@ class TrainConfig:
         check_choice(self.optimizer, "optimizer", ("sgd", "adamw"))
         check_choice(self.schedule, "schedule", ("onecycle", "cosine", "restarts"))
         check_number(self.ema, "ema", low=0.0, high=1.0, high_open=True)
+        check_number(self.lookahead, "lookahead", low=0)
         check_number(self.epochs, "epochs", low=1)
         check_number(self.batch_size, "batch_size", low=2, why="(BatchNorm needs two examples)")
         if self.lr is not None:
@@ -105,6 +111,7 @@ def cosine_restarts(step: int, first: float, peak: float, t_mul: float = 1.5, m_
     return peak * m_mul**i * 0.5 * (1 + math.cos(math.pi * frac))
 
 
+WHITENING_IMAGES = 5000  # training images a network's data-set layers (patch whitening) are estimated from
 MIN_STEPS = 4  # steps per epoch at least, where the data allow batches of MIN_BATCH
 MIN_BATCH = 16
 
@@ -120,14 +127,24 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.peak_lr * ((1 - t) if cfg.schedule == "onecycle" else 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _optimizer(nets: Sequence[nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases (1-D tensors).
-    params = [p for n in nets for p in n.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(nets: Sequence[nn.Module], cfg: TrainConfig):
+    # No weight decay on norms and biases (1-D tensors); a network may scale a group's learning rate
+    # (``param_groups()``: airbench's BatchNorm biases learn 64 times faster than its weights).
+    groups = []
+    for net in nets:
+        scaled = net.param_groups() if hasattr(net, "param_groups") else [
+            {"params": list(net.parameters()), "lr_scale": 1.0}]
+        for part in scaled:
+            params = [p for p in part["params"] if p.requires_grad]
+            for decay in (True, False):
+                chosen = [p for p in params if (p.ndim > 1) == decay]
+                if chosen:
+                    groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
+                                   "lr_scale": part.get("lr_scale", 1.0)})
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        from cleanpipe.engine.optim import SGD
+
+        return SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.peak_lr)
 
 
@@ -220,9 +237,16 @@ def fit(
     # The averaged networks share the live ones' BatchNorm statistics (copied in before use).
     emas = [copy.deepcopy(n).requires_grad_(False) for n in nets] if cfg.ema > 0 else []
     method.bind(data, augment, opt)
+    # Layers set from the training images themselves (airbench's patch whitening), before any step;
+    # a resumed checkpoint overwrites them with the very same values.
+    first = rows_t[:WHITENING_IMAGES]
+    for net in nets:
+        if hasattr(net, "init_from_data"):
+            net.init_from_data(data.batch(first, host_idx=first.cpu() if data.streamed else None))
+    slow = [_float_state(n, clone=True) for n in nets] if cfg.lookahead else []
     start = 0
     if checkpoint is not None and checkpoint.is_file():
-        start = _load_checkpoint(checkpoint, nets, opt, method, cfg, emas)
+        start = _load_checkpoint(checkpoint, nets, opt, method, cfg, emas, slow)
     last_save = time.monotonic()
 
     for epoch in range(start, cfg.epochs):
@@ -252,7 +276,7 @@ def fit(
             step = epoch * steps_per_epoch + s
             lr = lr_at(step, total, cfg)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_scale"]
             with _autocast(device, cfg):
                 loss, logits = method.loss(Step(forwards, x, y, idx, epoch, step, total, x_raw, gen))
             opt.zero_grad(set_to_none=True)
@@ -260,12 +284,16 @@ def fit(
             opt.step()
             if emas:
                 _ema_update(emas, nets, min(cfg.ema, (1 + step) / (10 + step)))
+            if slow and (step + 1) % cfg.lookahead == 0:
+                _lookahead(slow, nets, 0.95**cfg.lookahead * ((step + 1) / total) ** 3)
             # Accumulate on the device: a .item() per step would stall a GPU.
             loss_sum += loss.detach().float() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
             if on_batch is not None and ((s + 1) % report_every == 0 or s + 1 == steps_per_epoch):
                 on_batch(s + 1, steps_per_epoch)
+        if slow and epoch + 1 == cfg.epochs:
+            _lookahead(slow, nets, 1.0)  # end on the slow weights
         if emas:
             _copy_buffers(emas, nets)
         if after_epoch is not None:
@@ -275,7 +303,7 @@ def fit(
         if on_epoch is not None:  # before the checkpoint: what it records must not lag what resumes
             on_epoch(epoch, metrics)
         if checkpoint is not None and epoch + 1 < cfg.epochs and time.monotonic() - last_save >= checkpoint_every_s:
-            _save_checkpoint(checkpoint, epoch + 1, nets, opt, method, cfg, emas)
+            _save_checkpoint(checkpoint, epoch + 1, nets, opt, method, cfg, emas, slow)
             last_save = time.monotonic()
     for net in nets + emas:  # the averaged networks got the live statistics at the end of the last epoch
         net.eval()
@@ -287,6 +315,20 @@ def _ema_update(emas: Sequence[nn.Module], nets: Sequence[nn.Module], decay: flo
     for ema, net in zip(emas, nets):
         e, p = list(ema.parameters()), list(net.parameters())
         torch._foreach_lerp_(e, [q.detach() for q in p], 1.0 - decay)
+
+
+def _float_state(net: nn.Module, clone: bool = False) -> list[torch.Tensor]:
+    """The network's floating-point parameters and buffers (weights and BatchNorm statistics), in state_dict order."""
+    out = [t for t in net.state_dict(keep_vars=True).values() if t.dtype.is_floating_point]
+    return [t.detach().clone() for t in out] if clone else [t.detach() for t in out]
+
+
+@torch.no_grad()
+def _lookahead(slow: Sequence[list[torch.Tensor]], nets: Sequence[nn.Module], decay: float) -> None:
+    for s, net in zip(slow, nets):
+        live = _float_state(net)
+        torch._foreach_lerp_(s, live, 1.0 - decay)
+        torch._foreach_copy_(live, s)
 
 
 @torch.no_grad()
@@ -346,9 +388,10 @@ def _shifted(x: torch.Tensor, d: int) -> list[torch.Tensor]:
     return [padded[:, :, dy : dy + H, dx : dx + W] for dy, dx in ((0, d), (2 * d, d), (d, 0), (d, 2 * d))]
 
 
-def _save_checkpoint(path: Path, epoch: int, nets, opt, method: Method, cfg: TrainConfig, emas=()) -> None:
+def _save_checkpoint(path: Path, epoch: int, nets, opt, method: Method, cfg: TrainConfig, emas=(), slow=()) -> None:
     state = {
         "epoch": epoch,
+        "lookahead": [list(s) for s in slow],
         "nets": [n.state_dict() for n in nets],
         "emas": [n.state_dict() for n in emas],
         "optimizer": opt.state_dict(),
@@ -361,7 +404,7 @@ def _save_checkpoint(path: Path, epoch: int, nets, opt, method: Method, cfg: Tra
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, nets, opt, method: Method, cfg: TrainConfig, emas=()) -> int:
+def _load_checkpoint(path: Path, nets, opt, method: Method, cfg: TrainConfig, emas=(), slow=()) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a torn or foreign file: start this model over rather than fail
@@ -373,6 +416,9 @@ def _load_checkpoint(path: Path, nets, opt, method: Method, cfg: TrainConfig, em
         net.load_state_dict(sd)
     for net, sd in zip(emas, state.get("emas", [])):
         net.load_state_dict(sd)
+    for mine, saved in zip(slow, state.get("lookahead", [])):
+        for t, v in zip(mine, saved):
+            t.copy_(v)
     opt.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
     return int(state["epoch"])

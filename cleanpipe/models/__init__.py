@@ -7,7 +7,7 @@ logistic regression, trained outside the torch engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from cleanpipe.errors import CleanpipeError
@@ -20,6 +20,7 @@ class ModelInfo:
     summary: str
     min_side: int = 1  # smallest image side the network's pooling leaves room for
     wider: str | None = None  # the same network wider (Noisy Student's student: "equal or larger")
+    train: dict = field(default_factory=dict)  # engine settings the network is made for (TrainConfig fields)
 
 
 def _small_cnn(shape, k, widen: int = 1):
@@ -69,6 +70,12 @@ def _resnet29(shape, k):
     return ResNet29(shape[0], k)
 
 
+def _airbench(shape, k):
+    from cleanpipe.models.nets import AirbenchNet
+
+    return AirbenchNet(shape[0], k)
+
+
 def _mlp(shape, k):
     from cleanpipe.models.nets import MLP
 
@@ -97,6 +104,10 @@ MODELS: dict[str, ModelInfo] = {
     "small_cnn_wide": ModelInfo(_small_cnn_wide, "image", "small_cnn at twice the width: Noisy Student's larger student"),
     "cnn9": ModelInfo(_cnn9, "image", "the 9-layer CNN of Co-teaching, for 32x32 images",
                       min_side=12),  # two 2x pools, then a 3x3 conv without padding
+    "airbench": ModelInfo(_airbench, "image", "airbench-class net: frozen patch whitening, 3 conv groups (64/256/256), "
+                          "frozen-scale BatchNorm, look-ahead; fast 32x32 training", min_side=16,
+                          # airbench's momentum and its look-ahead every 5 steps
+                          train={"momentum": 0.85, "lookahead": 5}),
     "preact_resnet18": ModelInfo(_preact18, "image", "PreAct ResNet-18 for 32x32 images"),
     "resnet32": ModelInfo(_resnet32, "image", "the CIFAR ResNet-32 of INCV (3 x 5 basic blocks, 16/32/64 channels)"),
     "wrn28_10": ModelInfo(_wrn28_10, "image", "WRN-28-10 as in IEG (36M parameters; parameter-free shortcuts), for 32x32 images"),

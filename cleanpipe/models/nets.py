@@ -297,3 +297,76 @@ class ResNet29(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3)))
+
+
+class ConvGroup(nn.Module):
+    """airbench's block: conv3x3 - maxpool 2 - BN - GELU - conv3x3 - BN - GELU (BatchNorm weights frozen at 1)."""
+
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = (frozen_scale_bn(c_out, bn_momentum) for _ in range(2))
+        for conv in (self.conv1, self.conv2):  # identity on the first c_in channels: the block starts as a pass-through
+            with torch.no_grad():
+                nn.init.dirac_(conv.weight[: conv.in_channels])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.gelu(self.bn1(nn.functional.max_pool2d(self.conv1(x), 2)))
+        return nn.functional.gelu(self.bn2(self.conv2(x)))
+
+
+def frozen_scale_bn(c: int, momentum: float) -> nn.BatchNorm2d:
+    """BatchNorm whose scale stays 1 (only the shift learns): one fewer thing for a short run to tune."""
+    bn = nn.BatchNorm2d(c, momentum=momentum, eps=1e-12)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class AirbenchNet(nn.Module):
+    """An airbench-class network for fast 32x32 training (after Keller Jordan's airbench94, from its paper).
+
+    A frozen 2x2 patch-whitening convolution (``2 * 4 C`` filters: the eigenvectors of the training
+    images' 2x2 patch covariance scaled by the inverse square root of their eigenvalues, and their
+    negatives; set by :meth:`init_from_data` before training), GELU, three :class:`ConvGroup` blocks of
+    ``widths`` channels, global max pooling and a bias-free linear head whose logits are scaled by
+    ``logit_scale``. BatchNorm momentum 0.6 (torch's convention: 0.6 of each batch) with frozen scales;
+    the BatchNorm shifts and the whitening bias learn ``bias_lr_scale`` times faster than the weights
+    (:meth:`param_groups`). About 2M parameters at the default widths.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, widths: tuple[int, int, int] = (64, 256, 256),
+                 bn_momentum: float = 0.6, logit_scale: float = 1 / 9, bias_lr_scale: float = 64.0) -> None:
+        super().__init__()
+        self.whiten = nn.Conv2d(in_channels, 8 * in_channels, 2, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        blocks, c = [], 8 * in_channels
+        for w in widths:
+            blocks.append(ConvGroup(c, w, bn_momentum))
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c, n_classes, bias=False)
+        self.logit_scale, self.bias_lr_scale = logit_scale, bias_lr_scale
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening filters from normalised training images ``x`` (n, C, H, W): eigenvectors of the 2x2 patch covariance."""
+        c = x.shape[1]
+        patches = x.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (n, C, H-1, W-1, 2, 2)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * 4).double()
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).flip(0)  # largest first
+        filters = filters.reshape(c * 4, c, 2, 2).to(self.whiten.weight)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+
+    def param_groups(self) -> list[dict]:
+        """The BatchNorm shifts and the whitening bias at ``bias_lr_scale`` times the learning rate; the rest at 1."""
+        fast = [self.whiten.bias] + [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        ids = {id(p) for p in fast}
+        return [{"params": fast, "lr_scale": self.bias_lr_scale},
+                {"params": [p for p in self.parameters() if id(p) not in ids], "lr_scale": 1.0}]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(nn.functional.gelu(self.whiten(x)))
+        return self.head(torch.amax(x, dim=(2, 3))) * self.logit_scale

@@ -1,0 +1,81 @@
+"""SGD with momentum for the engine, on torch's multi-tensor (``_foreach``) kernels.
+
+The same update as ``torch.optim.SGD`` (no dampening; weight decay added to the gradient; Nesterov's
+variant adds the momentum once more), checked against it step for step in the tests. Why not torch's own:
+every ``torch.optim.Optimizer`` step imports ``torch._dynamo`` (0.9 s on 2 CPU cores), a third of a
+one-epoch crossval's start-up on MNIST. AdamW (tables) stays torch's.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+class SGD:
+    """Stochastic gradient descent with (Nesterov) momentum over parameter groups.
+
+    Parameters
+    ----------
+    groups : iterable of dict
+        Each with ``params`` (tensors) and optionally ``lr``, ``weight_decay``, ``momentum``, ``nesterov``;
+        missing keys take the defaults below. ``param_groups[i]["lr"]`` may be changed between steps.
+    lr, momentum : float
+    nesterov : bool
+    weight_decay : float
+
+    ``state[p]["momentum_buffer"]`` is each parameter's momentum (as in torch, which IEG's look-ahead
+    reads); ``state_dict``/``load_state_dict`` hold plain tensors and numbers (``weights_only`` loads).
+    """
+
+    def __init__(self, groups: Iterable[dict], lr: float, momentum: float = 0.9, nesterov: bool = True,
+                 weight_decay: float = 0.0) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if g["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=g["weight_decay"])
+            m = g["momentum"]
+            if m:
+                if params[0] in self.state:
+                    bufs = [self.state[p]["momentum_buffer"] for p in params]
+                    torch._foreach_mul_(bufs, m)
+                    torch._foreach_add_(bufs, grads)
+                else:  # the first step's buffer is the gradient itself
+                    bufs = [d.clone() for d in grads]
+                    for p, b in zip(params, bufs):
+                        self.state[p] = {"momentum_buffer": b}
+                grads = torch._foreach_add(grads, bufs, alpha=m) if g["nesterov"] else bufs
+            torch._foreach_add_(params, grads, alpha=-g["lr"])
+
+    def state_dict(self) -> dict:
+        index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        return {
+            "state": {index[p]: {"momentum_buffer": s["momentum_buffer"]} for p, s in self.state.items()},
+            "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+                              "params": [index[p] for p in g["params"]]} for g in self.param_groups],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        params = [p for g in self.param_groups for p in g["params"]]
+        for g, saved in zip(self.param_groups, state["param_groups"]):
+            g.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = {params[int(i)]: {"momentum_buffer": s["momentum_buffer"].to(params[int(i)].device)}
+                      for i, s in state["state"].items()}
