@@ -267,7 +267,7 @@ def print_noise_summary(run_dir: Path, stage) -> None:
 @user_errors
 def crossval(
     run_dir: Path = RunArg,
-    model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
+    model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | airbench | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
     n_folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-R", help=f"Split the data R times (R x K fold tasks) and average each row over the R models that did not see it (default {_recipe_help('crossval', 'repeats')}).", show_default=False),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Images: average each held-out prediction over the image shifted up, down, left and right (default: on for small and grey images, off for colour ones, which average flips).", show_default=False),

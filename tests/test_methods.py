@@ -185,6 +185,9 @@ def test_recipes_are_keyed_by_the_kind_of_data():
         DataKind.SMALL, DataKind.GREY, DataKind.COLOUR, DataKind.TABLE]
     assert [auto_model(s) for s in [(1, 8, 8), (3, 32, 32), (3, 24, 24), (13,)]] == [
         "small_cnn", "preact_resnet18", "small_cnn", "mlp"]
+    # cross-validation's folds on colour images train the airbench-class net (pipelines/bench_colour.py)
+    assert [auto_model(s, "crossval") for s in [(1, 28, 28), (3, 32, 32), (3, 24, 24)]] == [
+        "small_cnn", "airbench", "small_cnn"]
     assert incv_model((3, 32, 32)) == "resnet32" and incv_model((1, 28, 28)) == "mlp128"
     grey = fit_settings("train", (1, 28, 28), source="mnist")
     assert (grey.epochs, grey.batch_size, grey.lr) == (20, 256, 0.1)

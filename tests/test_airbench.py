@@ -1,0 +1,131 @@
+"""The airbench-class network, the engine pieces it needs (own SGD, look-ahead, data-set layers), the colour digits."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cleanpipe.data.synthetic import colour_digits
+from cleanpipe.engine import DeviceData, TrainConfig, fit
+from cleanpipe.engine.loop import _optimizer
+from cleanpipe.engine.optim import SGD
+from cleanpipe.models import MODELS, build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_colour():
+    """96 colour digits, 3x32x32, from scikit-learn's 8x8 digits (scaled to 0-255)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X, y, _ = colour_digits((d.images[:96] * 16).clip(0, 255).astype(np.uint8), d.target[:96], seed=0)
+    return X, y
+
+
+def test_sgd_matches_torch_step_for_step():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    b = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    b.load_state_dict(a.state_dict())
+
+    def groups(net):
+        ps = list(net.parameters())
+        return [{"params": [p for p in ps if p.ndim > 1], "weight_decay": 5e-4},
+                {"params": [p for p in ps if p.ndim == 1], "weight_decay": 0.0}]
+
+    ours = SGD(groups(a), lr=0.1, momentum=0.9, nesterov=True)
+    theirs = torch.optim.SGD(groups(b), lr=0.1, momentum=0.9, nesterov=True)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for step in range(6):
+        for net, opt in ((a, ours), (b, theirs)):
+            for g in opt.param_groups:
+                g["lr"] = 0.05 * (step + 1)
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    again = SGD(groups(a), lr=0.1)
+    again.load_state_dict(ours.state_dict())
+    for p in a.parameters():
+        assert torch.equal(again.state[p]["momentum_buffer"], ours.state[p]["momentum_buffer"])
+
+
+def test_whitening_makes_the_patch_covariance_the_identity():
+    torch.manual_seed(0)
+    net = build_model("airbench", (3, 32, 32), 10)
+    x = torch.randn(200, 32, 32, 3) @ torch.tensor([[1.0, 0.8, 0.2], [0.0, 0.5, 0.3], [0.0, 0.0, 0.1]])  # correlated
+    x = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1)  # and spatially smooth
+    net.init_from_data(x)
+    out = nn.functional.conv2d(x, net.whiten.weight[:12])  # the positive half: (n, 12, 31, 31)
+    z = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = z.T @ z / len(z)
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+    eigenvalues = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)
+    # decorrelated, unit variance, except where an eigenvalue is so small that the 5e-4 floor damps it
+    assert (cov - torch.diag(cov.diag())).abs().max() < 1e-4
+    assert torch.allclose(cov.diag(), eigenvalues / (eigenvalues + 5e-4), atol=1e-3)
+    assert (cov.diag()[:4] > 0.97).all()
+    assert torch.equal(net.whiten.weight[12:], -net.whiten.weight[:12])
+
+
+def test_frozen_scales_and_fast_biases_in_the_optimizer():
+    net = build_model("airbench", (3, 32, 32), 10)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.weight.requires_grad for m in bns) and not net.whiten.weight.requires_grad
+    opt = _optimizer([net], TrainConfig(**MODELS["airbench"].train))
+    fast = {id(p) for g in opt.param_groups if g["lr_scale"] == 64.0 for p in g["params"]}
+    assert fast == {id(m.bias) for m in bns} | {id(net.whiten.bias)}
+    trained = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in net.parameters() if p.requires_grad}
+    assert MODELS["airbench"].train == {"momentum": 0.85, "lookahead": 5}
+
+
+def _fit(X, y, checkpoint=None, on_epoch=None, **kw):
+    torch.manual_seed(0)
+    net = build_model("airbench", X.shape[1:], 10)
+    data = DeviceData(X, CPU, fit_rows=np.arange(len(y)))
+    cfg = TrainConfig(epochs=3, seed=1, lr=0.2, momentum=0.85, channels_last=False, **kw)
+    return fit(net, data, y, np.arange(len(y)), cfg, checkpoint=checkpoint, on_epoch=on_epoch, checkpoint_every_s=0)[0]
+
+
+def test_lookahead_changes_training_and_resumes_bit_for_bit(tmp_path, tiny_colour):
+    X, y = tiny_colour
+    full = _fit(X, y, lookahead=2)
+    plain = _fit(X, y, lookahead=0)
+    assert not torch.equal(full.head.weight, plain.head.weight)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, metrics):
+        if epoch == 1:
+            raise Stop
+
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(Stop):
+        _fit(X, y, checkpoint=ckpt, on_epoch=stop, lookahead=2)
+    resumed = _fit(X, y, checkpoint=ckpt, lookahead=2)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    # the whitening was set from the training images, not left at its random start
+    fresh = build_model("airbench", X.shape[1:], 10)
+    assert not torch.equal(full.whiten.weight, fresh.whiten.weight)
+
+
+def test_colour_digits_are_seeded_and_keep_the_labels(tiny_colour):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    digits = (d.images[:50] * 16).clip(0, 255).astype(np.uint8)
+    X, y, rows = colour_digits(digits, d.target[:50], 120, seed=3)
+    assert X.dtype == np.uint8 and X.shape == (120, 3, 32, 32)
+    assert np.array_equal(rows, np.arange(120) % 50) and np.array_equal(y, d.target[rows])
+    assert np.array_equal(X, colour_digits(digits, d.target[:50], 120, seed=3)[0])
+    assert not np.array_equal(X, colour_digits(digits, d.target[:50], 120, seed=4)[0])
+    # the same digit reused gets other colours; the three channels differ (colour, not grey)
+    assert not np.array_equal(X[0], X[50]) and np.abs(X[:, 0].astype(int) - X[:, 1]).mean() > 10
+    with pytest.raises(ValueError, match="sides up to 32"):
+        colour_digits(np.zeros((2, 40, 40), np.uint8), np.zeros(2, int))
