@@ -112,9 +112,12 @@ def test_the_other_methods_train_through_the_same_call(digits, method):
                "l2r": L2ROptions(probe_per_class=3)}[method]
     if method == "incv-coteaching":
         rows = selected  # INCV's selected set S
+    # Plain training on all rows at 40% noise: 3 epochs land anywhere between 0.04 and 0.49 test accuracy
+    # over seeds (the one-cycle warm-up takes most of 66 steps), 6 epochs between 0.77 and 0.93.
+    epochs = 6 if method == "standard" else 3
     result = train_model(ds.X_train, noisy, rows, method=method, options=options, X_test=ds.X_test, y_test=ds.y_test,
-                         settings=_settings(epochs=3), truth=ds.y_train, device="cpu")
-    assert len(result.nets) == METHODS[method].n_nets and len(result.history) == 3
+                         settings=_settings(epochs=epochs), truth=ds.y_train, device="cpu")
+    assert len(result.nets) == METHODS[method].n_nets and len(result.history) == epochs
     if method == "coteaching-plus":  # digits' recipe: the disagreement exchange from the start (it learns slowly)
         assert result.method_settings["init_epoch"] == 0 and "forget_rate" in result.history[-1]
     elif method == "l2r":  # 3 trusted per class held out; weights recorded (3 epochs are too few to judge accuracy)
