@@ -119,9 +119,17 @@ def stratified_split(
     if counts[counts > 0].min() < 2:
         raise CleanpipeError("every class needs at least 2 examples for a stratified train/test split")
     # Each class gives its share of ceil(fraction * N) test rows (largest remainders rounded up, ties in
-    # a seeded order) and keeps at least one training row; which rows, a seeded shuffle of the class decides.
-    rng = np.random.default_rng(seed)
+    # a seeded order) but keeps at least one training row (so at extreme fractions the test part can come out
+    # a few rows short); which rows, a seeded shuffle of the class decides.
     n_test = int(np.ceil(test_fraction * len(y)))
+    present = int(np.count_nonzero(counts))
+    if n_test < present or len(y) - n_test < present:
+        part, size = ("test", n_test) if n_test < present else ("training", len(y) - n_test)
+        raise CleanpipeError(
+            f"cannot split {len(y)} examples with --test-fraction {test_fraction}: the {part} part ({size}) would be "
+            f"smaller than the number of classes ({present}); choose a fraction between "
+            f"{present / len(y):.3g} and {1 - present / len(y):.3g}, or 0 to check every example")
+    rng = np.random.default_rng(seed)
     per_class = np.minimum(largest_remainder(counts * (n_test / len(y)), rng, total=n_test), np.maximum(counts - 1, 0))
     by_class = np.argsort(y, kind="stable")
     ends = np.cumsum(counts)

@@ -239,10 +239,15 @@ def fit(
     method.bind(data, augment, opt)
     # Layers set from the training images themselves (airbench's patch whitening), before any step;
     # a resumed checkpoint overwrites them with the very same values.
-    first = rows_t[:WHITENING_IMAGES]
-    for net in nets:
-        if hasattr(net, "init_from_data"):
-            net.init_from_data(data.batch(first, host_idx=first.cpu() if data.streamed else None))
+    if any(hasattr(net, "init_from_data") for net in nets):
+        # a seeded sample, not the first rows: a source sorted by class would give a few classes' patches
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:WHITENING_IMAGES]
+        sample = rows_t[pick.to(device)]
+        x = data.batch(sample, host_idx=sample.cpu() if data.streamed else None)
+        for net in nets:
+            if hasattr(net, "init_from_data"):
+                net.init_from_data(x)
+        del x
     slow = [_float_state(n, clone=True) for n in nets] if cfg.lookahead else []
     start = 0
     if checkpoint is not None and checkpoint.is_file():

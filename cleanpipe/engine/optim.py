@@ -33,6 +33,9 @@ class SGD:
                  weight_decay: float = 0.0) -> None:
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
         self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        every = [id(p) for g in self.param_groups for p in g["params"]]
+        if len(every) != len(set(every)):
+            raise ValueError("a parameter appears in more than one group")
         self.state: dict[torch.Tensor, dict] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -54,14 +57,15 @@ class SGD:
                 grads = torch._foreach_add(grads, params, alpha=g["weight_decay"])
             m = g["momentum"]
             if m:
-                if params[0] in self.state:
-                    bufs = [self.state[p]["momentum_buffer"] for p in params]
+                old = [i for i, p in enumerate(params) if p in self.state]
+                if old:
+                    bufs = [self.state[params[i]]["momentum_buffer"] for i in old]
                     torch._foreach_mul_(bufs, m)
-                    torch._foreach_add_(bufs, grads)
-                else:  # the first step's buffer is the gradient itself
-                    bufs = [d.clone() for d in grads]
-                    for p, b in zip(params, bufs):
-                        self.state[p] = {"momentum_buffer": b}
+                    torch._foreach_add_(bufs, [grads[i] for i in old])
+                for i, p in enumerate(params):  # a parameter's first step: its buffer is the gradient itself
+                    if p not in self.state:
+                        self.state[p] = {"momentum_buffer": grads[i].clone()}
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
                 grads = torch._foreach_add(grads, bufs, alpha=m) if g["nesterov"] else bufs
             torch._foreach_add_(params, grads, alpha=-g["lr"])
 
@@ -75,6 +79,10 @@ class SGD:
 
     def load_state_dict(self, state: dict) -> None:
         params = [p for g in self.param_groups for p in g["params"]]
+        sizes = [len(g["params"]) for g in state["param_groups"]]
+        if sizes != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(f"the saved state has parameter groups of sizes {sizes}, this optimizer "
+                             f"{[len(g['params']) for g in self.param_groups]}")
         for g, saved in zip(self.param_groups, state["param_groups"]):
             g.update({k: v for k, v in saved.items() if k != "params"})
         self.state = {params[int(i)]: {"momentum_buffer": s["momentum_buffer"].to(params[int(i)].device)}

@@ -641,8 +641,9 @@ class L2RTraining(TrainingMethod):
         probe = self.probe(options, job)
         used = self.resolve(options, probe)
         step = self.step(options, job, probe, used)
-        # IEG's recipe: plain momentum (its look-ahead reads the buffer) and the EMA.
-        config = dict(nesterov=False, schedule=options.schedule, ema=options.ema)
+        # IEG's recipe: plain momentum 0.9, whose buffer its look-ahead reads with the same mu (whatever a
+        # network's own recipe says, e.g. airbench's 0.85), and the EMA.
+        config = dict(nesterov=False, momentum=0.9, schedule=options.schedule, ema=options.ema)
         rows = np.setdiff1d(job.rows, probe[0])  # trusted examples are never training data
         return Plan(rows=rows, step=step, method_settings=used, config=config,
                     state={"probe": probe, "key_arrays": probe})
