@@ -145,8 +145,8 @@ RECIPES: dict[DataKind, Recipe] = {
         train=Fit(epochs=100, batch_size=512, lr=0.4, flip=True),
         model="preact_resnet18",
         # Cross-validation's folds train the airbench-class net: 32x32 colour digits (5,000 training images,
-        # 8 epochs, 2 CPU cores) 97.9% test accuracy at 13.6 s an epoch against PreAct ResNet-18's 94.9% at
-        # 68.6 s (`python pipelines/bench_colour.py`). The train stage's long runs keep the ResNet.
+        # 8 epochs, 2 CPU cores) 97.9% test accuracy at 13.3 s an epoch against PreAct ResNet-18's 94.9% at
+        # 64.6 s (`python pipelines/bench_colour.py`). The train stage's long runs keep the ResNet.
         crossval_model="airbench",
         incv_model="resnet32",  # the INCV paper's
         ieg_policy="autoaugment", ieg_consistency=20.0, ieg_ramp=0.0,  # the IEG paper's

@@ -460,3 +460,19 @@ def test_unknown_source_and_missing_path():
         load_dataset(DataSpec("cifar10"))
     with pytest.raises(CleanpipeError, match="no such file"):
         load_dataset(DataSpec("npz", "/nonexistent.npz"))
+
+
+def test_stratified_split_is_seeded_stratified_and_refuses_parts_smaller_than_the_classes():
+    from cleanpipe.data.base import stratified_split
+
+    y = np.repeat(np.arange(4), [50, 30, 15, 5])
+    X, ids = np.arange(100)[:, None], np.arange(100).astype(str)
+    Xtr, ytr, idtr, Xte, yte, idte = stratified_split(X, y, ids, test_fraction=0.2, seed=1)
+    assert len(yte) == 20 and np.bincount(yte).tolist() == [10, 6, 3, 1]
+    assert sorted(np.concatenate([idtr, idte]).astype(int).tolist()) == list(range(100))
+    assert np.array_equal(idte, stratified_split(X, y, ids, test_fraction=0.2, seed=1)[5])
+    assert not np.array_equal(idte, stratified_split(X, y, ids, test_fraction=0.2, seed=2)[5])
+    with pytest.raises(CleanpipeError, match=r"the test part \(1\) would be smaller than the number of classes \(4\)"):
+        stratified_split(X, y, ids, test_fraction=0.01, seed=0)
+    with pytest.raises(CleanpipeError, match=r"the training part \(1\) would be smaller"):
+        stratified_split(X, y, ids, test_fraction=0.99, seed=0)
