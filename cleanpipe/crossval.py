@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from cleanpipe.data.base import shuffled_classes
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.recipes import FitSettings, fit_settings
 from cleanpipe.run import Run
@@ -66,17 +67,11 @@ def fold_plan(labels: np.ndarray, n_folds: int, seed: int, class_names=None) -> 
             "n_folds", f"{n_folds} is larger than the smallest class ({smallest} examples of class {name}); "
             f"use {smallest} or fewer"
         )
-    rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
-    by_class = np.argsort(labels, kind="stable")  # class 0's rows, then class 1's, ...
-    ends = np.cumsum(counts)
     start = 0
-    for c, count in enumerate(counts):
-        if count == 0:
-            continue
-        members = by_class[ends[c] - count : ends[c]]
-        folds[members[rng.permutation(count)]] = (start + np.arange(count)) % n_folds
-        start = (start + count) % n_folds
+    for _, members in shuffled_classes(labels, np.random.default_rng(seed)):
+        folds[members] = (start + np.arange(len(members))) % n_folds
+        start = (start + len(members)) % n_folds
     return folds
 
 

@@ -20,6 +20,7 @@ confident learning reads (mean top probability and expected calibration error on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def train_and_score(name: str, X_train, y_train, X_test, y_test, epochs: int, se
            "first_epoch_seconds": round(float(epoch_s[0]), 2)}
     for tta in (False, True):
         t0 = time.perf_counter()
-        probs = predict_proba(nets, data, test_rows, TrainConfig(**{**cfg.__dict__, "tta_shift": tta}))
+        probs = predict_proba(nets, data, test_rows, dataclasses.replace(cfg, tta_shift=tta))
         out[f"test_accuracy{'_tta' if tta else ''}"] = round(float(np.mean(probs.argmax(1) == y_test)), 4)
         if tta:
             out["mean_confidence"], out["ece"] = (round(v, 4) for v in calibration(probs, y_test))

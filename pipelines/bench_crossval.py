@@ -11,8 +11,8 @@ included) against ``cross_val_predict`` alone; "in folds" is training and predic
     20% internal validation split), through
     ``sklearn.model_selection.cross_val_predict(cv=K, method="predict_proba")``.
 (b) cleanpipe: ``cleanpipe noise`` then ``cleanpipe crossval`` (one split, no shifted views: the
-    recipe this table has always measured), timed as the whole crossval command. With ``--match``
-    (the default), each network of ``--models`` runs at 1, 2, ... epochs until its out-of-fold accuracy
+    recipe this table has always measured), timed as the whole crossval command. By default each
+    network of ``--models`` runs at 1, 2, ... epochs until its out-of-fold accuracy
     against the true labels reaches the skorch route's: the fewest epochs that match it, and the
     speed-up at equal accuracy. ``--epochs E`` runs each network once at E epochs instead.
 
@@ -121,11 +121,11 @@ def main() -> None:
     from cleanpipe.data import DataSpec, load_dataset
 
     data = args.data.resolve()
-    true = load_dataset(DataSpec("mnist", str(data))).y_train
+    ds = load_dataset(DataSpec("mnist", str(data)))
+    true = ds.y_train
     noise_run = noisy_run(data, args.seed)
     noisy = np.load(noise_run / "noise" / "noisy_labels.npy")
-    X = load_dataset(DataSpec("mnist", str(data))).X_train
-    pp_skorch, t_skorch = skorch_route(X, noisy, args.folds, args.seed, args.device)
+    pp_skorch, t_skorch = skorch_route(ds.X_train, noisy, args.folds, args.seed, args.device)
     target = float(np.mean(pp_skorch.argmax(1) == true))
 
     rows = [("skorch + cross_val_predict (tutorial CNN, skorch defaults)", t_skorch, t_skorch, target,

@@ -131,13 +131,24 @@ def stratified_split(
             f"{present / len(y):.3g} and {1 - present / len(y):.3g}, or 0 to check every example")
     rng = np.random.default_rng(seed)
     per_class = np.minimum(largest_remainder(counts * (n_test / len(y)), rng, total=n_test), np.maximum(counts - 1, 0))
-    by_class = np.argsort(y, kind="stable")
-    ends = np.cumsum(counts)
-    te = np.concatenate([rng.permutation(by_class[ends[c] - counts[c] : ends[c]])[: per_class[c]]
-                         for c in range(len(counts))])
+    te = np.concatenate([members[: per_class[c]] for c, members in shuffled_classes(y, rng)])
     tr = np.setdiff1d(np.arange(len(y)), te)
     tr, te = np.sort(tr), np.sort(te)
     return X[tr], y[tr], ids[tr], X[te], y[te], ids[te]
+
+
+def shuffled_classes(labels: np.ndarray, rng: np.random.Generator):
+    """Each class present in ``labels`` (int, (N,)) with its row indices in an order shuffled by ``rng``.
+
+    Yields ``(class, rows)`` in class order; classes are drawn in that order, so a seed fixes every class's rows.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    by_class = np.argsort(labels, kind="stable")  # class 0's rows, then class 1's, ...
+    ends = np.cumsum(counts)
+    for c, count in enumerate(counts):
+        if count:
+            yield c, by_class[ends[c] - count : ends[c]][rng.permutation(count)]
 
 
 def largest_remainder(quotas: np.ndarray, rng: np.random.Generator, total: int | None = None) -> np.ndarray:

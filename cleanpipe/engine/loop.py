@@ -248,7 +248,9 @@ def fit(
             if hasattr(net, "init_from_data"):
                 net.init_from_data(x)
         del x
-    slow = [_float_state(n, clone=True) for n in nets] if cfg.lookahead else []
+    # the live tensors (parameters and BatchNorm statistics are updated in place, so these stay theirs) and slow copies
+    live = [_float_state(n) for n in nets] if cfg.lookahead else []
+    slow = [[t.clone() for t in ts] for ts in live]
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         start = _load_checkpoint(checkpoint, nets, opt, method, cfg, emas, slow)
@@ -290,7 +292,7 @@ def fit(
             if emas:
                 _ema_update(emas, nets, min(cfg.ema, (1 + step) / (10 + step)))
             if slow and (step + 1) % cfg.lookahead == 0:
-                _lookahead(slow, nets, 0.95**cfg.lookahead * ((step + 1) / total) ** 3)
+                _lookahead(slow, live, 0.95**cfg.lookahead * ((step + 1) / total) ** 3)
             # Accumulate on the device: a .item() per step would stall a GPU.
             loss_sum += loss.detach().float() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -298,7 +300,7 @@ def fit(
             if on_batch is not None and ((s + 1) % report_every == 0 or s + 1 == steps_per_epoch):
                 on_batch(s + 1, steps_per_epoch)
         if slow and epoch + 1 == cfg.epochs:
-            _lookahead(slow, nets, 1.0)  # end on the slow weights
+            _lookahead(slow, live, 1.0)  # end on the slow weights
         if emas:
             _copy_buffers(emas, nets)
         if after_epoch is not None:
@@ -322,18 +324,16 @@ def _ema_update(emas: Sequence[nn.Module], nets: Sequence[nn.Module], decay: flo
         torch._foreach_lerp_(e, [q.detach() for q in p], 1.0 - decay)
 
 
-def _float_state(net: nn.Module, clone: bool = False) -> list[torch.Tensor]:
+def _float_state(net: nn.Module) -> list[torch.Tensor]:
     """The network's floating-point parameters and buffers (weights and BatchNorm statistics), in state_dict order."""
-    out = [t for t in net.state_dict(keep_vars=True).values() if t.dtype.is_floating_point]
-    return [t.detach().clone() for t in out] if clone else [t.detach() for t in out]
+    return [t.detach() for t in net.state_dict(keep_vars=True).values() if t.dtype.is_floating_point]
 
 
 @torch.no_grad()
-def _lookahead(slow: Sequence[list[torch.Tensor]], nets: Sequence[nn.Module], decay: float) -> None:
-    for s, net in zip(slow, nets):
-        live = _float_state(net)
-        torch._foreach_lerp_(s, live, 1.0 - decay)
-        torch._foreach_copy_(live, s)
+def _lookahead(slow: Sequence[list[torch.Tensor]], live: Sequence[list[torch.Tensor]], decay: float) -> None:
+    for s, fast in zip(slow, live):
+        torch._foreach_lerp_(s, fast, 1.0 - decay)
+        torch._foreach_copy_(fast, s)
 
 
 @torch.no_grad()
