@@ -18,6 +18,9 @@ this tree's go to ``DIR/head`` afresh each time. Exit status 0 when everything m
 Cases: ``demo`` (``cleanpipe run``), ``digits`` (every training method, INCV and the theory check at
 their defaults), ``table`` (scikit-learn's wine data as a CSV), ``mnist`` (``../shared/data/mnist-test``,
 one or two epochs), ``colour`` (a seeded folder of 32x32 colour images, where flips and colour recipes apply).
+Each image and table case also writes the review page (``review.html`` compared byte for byte after
+removing any timestamp), applies corrections made from its prune report (the label file ``apply`` writes
+is copied into the run to be compared) and predicts new data with a trained model.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +44,17 @@ METHODS = ["standard", "coteaching", "coteaching-plus", "l2r", "ieg", "noisy-stu
 VOLATILE = ("seconds", "second", "wall", "per_s", "created", "examples_per_second")
 # Manifest parameters renamed on purpose (old name -> new name); their values must still match.
 RENAMED = {"unl_weight": "unlabeled_weight"}
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
+
+
+def _after_prune(tmp: Path, case: str, also: int, apply: bool = True) -> list[list[str]]:
+    """The review page, then (``apply``) corrections made from the prune report, applied, the label file kept."""
+    out = [["review", "@RUN", "--also", str(also)]]
+    if apply:
+        corrections, fixed = tmp / f"corrections-{case}.csv", tmp / f"fixed-{case}.csv"
+        out += [["corrections", "@RUN", str(corrections)],
+                ["apply", "@RUN", str(corrections), "--out", str(fixed)], ["keep", str(fixed), "apply-labels.csv"]]
+    return out
 
 
 def _cases(tmp: Path) -> dict[str, list[list[str]]]:
@@ -47,9 +62,11 @@ def _cases(tmp: Path) -> dict[str, list[list[str]]]:
     wine = tmp / "wine.csv"
     colour = tmp / "colour"
     digits = [["noise", "@RUN", "--dataset", "digits", "--kind", "symmetric", "--rate", "0.4", "--seed", "0"],
-              ["crossval", "@RUN", *TRAIN], ["prune", "@RUN", "--top", "0"]]
+              ["crossval", "@RUN", *TRAIN], ["prune", "@RUN", "--top", "0"], *_after_prune(tmp, "digits", 5)]
     for m in METHODS:
         digits += [["train", "@RUN", "--method", m, *TRAIN], ["save", f"train-{m}"]]
+        if m == "standard":
+            digits += [["predict", "@RUN", "--data", str(tmp / "digits-new.npz"), "--probs", "--device", "cpu"]]
     digits += [["train", "@RUN", "--method", "standard", "--subset", "all", *TRAIN], ["save", "train-standard-all"],
                ["train", "@RUN", "--method", "coteaching", "--subset", "all", "--selection", "batch", *TRAIN],
                ["save", "train-coteaching-all-batch"],
@@ -57,20 +74,26 @@ def _cases(tmp: Path) -> dict[str, list[list[str]]]:
                ["prune", "@RUN", "--method", "incv", "--device", "cpu", "--top", "0"],
                ["train", "@RUN", "--method", "incv-coteaching", *TRAIN], ["save", "train-incv-coteaching"]]
     table = [["noise", "@RUN", "--dataset", "table", "--data", str(wine), "--kind", "symmetric", "--rate", "0.3"],
-             ["crossval", "@RUN", "--folds", "3", *TRAIN], ["prune", "@RUN", "--top", "0"]]
+             ["crossval", "@RUN", "--folds", "3", *TRAIN], ["prune", "@RUN", "--top", "0"], *_after_prune(tmp, "table", 3)]
     for m in ("standard", "coteaching-plus", "ieg", "noisy-student"):
         table += [["train", "@RUN", "--method", m, *TRAIN], ["save", f"train-{m}"]]
+        if m == "standard":
+            table += [["predict", "@RUN", "--data", str(tmp / "wine-new.csv"), "--probs", "--device", "cpu"]]
     mnist = [["noise", "@RUN", "--dataset", "mnist", "--data", str(MNIST), "--kind", "pairflip", "--rate", "0.45"],
-             ["crossval", "@RUN", "--epochs", "1", *TRAIN], ["prune", "@RUN", "--top", "0"]]
+             ["crossval", "@RUN", "--epochs", "1", *TRAIN], ["prune", "@RUN", "--top", "0"],
+             *_after_prune(tmp, "mnist", 4, apply=False)]
     for m in ("standard", "coteaching", "ieg", "noisy-student"):
         mnist += [["train", "@RUN", "--method", m, "--epochs", "1", "--iterations", "1", *TRAIN]
                   if m == "noisy-student" else ["train", "@RUN", "--method", m, "--epochs", "1", *TRAIN],
                   ["save", f"train-{m}"]]
     col = [["noise", "@RUN", "--dataset", "folder", "--data", str(colour), "--kind", "symmetric", "--rate", "0.3"],
-           ["crossval", "@RUN", "--folds", "2", "--epochs", "1", *TRAIN], ["prune", "@RUN", "--top", "0"]]
+           ["crossval", "@RUN", "--folds", "2", "--epochs", "1", *TRAIN], ["prune", "@RUN", "--top", "0"],
+           *_after_prune(tmp, "colour", 4)]
     for m, extra in (("coteaching-plus", ["--epochs", "10"]), ("ieg", ["--epochs", "2", "--probe-per-class", "2"]),
                      ("noisy-student", ["--epochs", "2", "--iterations", "1"])):
         col += [["train", "@RUN", "--method", m, *extra, *TRAIN], ["save", f"train-{m}"]]
+        if m == "coteaching-plus":
+            col += [["predict", "@RUN", "--data", str(colour), "--device", "cpu"]]
     return {"demo": [["run", "@RUN", "--threads", "1", "--device", "cpu"]], "digits": digits, "table": table,
             "mnist": mnist, "colour": col}
 
@@ -81,7 +104,9 @@ def _make_inputs(tmp: Path) -> None:
 
     X, y = load_wine(return_X_y=True, as_frame=True)
     X.assign(label=y).to_csv(tmp / "wine.csv", index=False)
+    X.iloc[::9].to_csv(tmp / "wine-new.csv", index=False)  # new rows for predict: the feature columns only
     rng = np.random.default_rng(0)
+    np.savez(tmp / "digits-new.npz", X=rng.integers(0, 256, (12, 1, 8, 8), dtype=np.uint8))
     for c in range(3):  # 3 classes x 24 images, each class a different mean colour
         d = tmp / "colour" / f"class{c}"
         d.mkdir(parents=True, exist_ok=True)
@@ -109,12 +134,33 @@ def _run_cases(src: Path | None, out: Path, cases: list[str], tmp: Path) -> None
             if cmd[0] == "save":
                 shutil.copytree(run / "train", run / cmd[1], dirs_exist_ok=True)
                 continue
+            if cmd[0] == "keep":  # a file written outside the run, copied in to be compared
+                shutil.copyfile(cmd[1], run / cmd[2])
+                continue
+            if cmd[0] == "corrections":
+                _write_corrections(run, Path(cmd[2]))
+                continue
             args = [str(run) if a == "@RUN" else a for a in cmd]
             proc = subprocess.run([sys.executable, "-m", "cleanpipe", *args], env=env, cwd=tmp, capture_output=True,
                                   text=True)
             if proc.returncode != 0:
                 sys.exit(f"failed ({where}): cleanpipe {' '.join(args)}\n{proc.stderr[-3000:]}")
         print(f"  {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def _write_corrections(run: Path, path: Path) -> None:
+    """A reviewer's decisions from the prune report: the worst two relabelled as suggested, the next excluded,
+    the next kept, one skipped (every decision the page can export)."""
+    import pandas as pd
+
+    report = pd.read_csv(run / "prune" / "label_issues.csv", dtype={"id": str})
+    names = json.loads((run / "dataset.json").read_text())["class_names"]
+    rows = []
+    for k, r in enumerate(report.head(5).itertuples(index=False)):
+        decision = ("relabel", "relabel", "exclude", "keep", "skip")[k]
+        label = names[r.suggested_label] if decision == "relabel" else names[r.given_label] if decision == "keep" else ""
+        rows.append({"id": r.id, "decision": decision, "label": label})
+    pd.DataFrame(rows, columns=["id", "decision", "label"]).to_csv(path, index=False)
 
 
 def _strip(d, volatile=VOLATILE):
@@ -168,7 +214,10 @@ def _compare_file(a: Path, b: Path) -> str | None:
             return f"parameters differ: {sorted(set(_flat(px).items()) ^ set(_flat(py).items()))[:6]}"
         mx, my = _strip(x.get("metrics")), _strip(y.get("metrics"))
         return None if mx == my else "metrics differ"
-    return None  # html, png, json resume state: not artifacts of the contract
+    if a.suffix == ".html" and "review" in a.parts:
+        x, y = (TIMESTAMP.sub("<time>", f.read_text(encoding="utf-8")) for f in (a, b))
+        return None if x == y else "pages differ"
+    return None  # the report's html, png, json resume state: not artifacts of the contract
 
 
 def _flat(d, prefix=""):
@@ -200,7 +249,8 @@ def compare(base: Path, head: Path, cases: list[str]) -> int:
                 problems.append(f"{rel}: missing in this tree's outputs")
                 continue
             why = _compare_file(a, b)
-            checked += a.suffix in (".npy", ".npz", ".pt", ".csv") or a.name == "manifest.json"
+            checked += a.suffix in (".npy", ".npz", ".pt", ".csv") or a.name == "manifest.json" \
+                or (a.suffix == ".html" and "review" in a.parts)
             if why:
                 problems.append(f"{rel}: {why}")
         for b in sorted((head / name).rglob("*")):
