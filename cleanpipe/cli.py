@@ -1,7 +1,9 @@
-"""The ``cleanpipe`` command line: parses options, calls a stage, prints a summary.
+"""The ``cleanpipe`` command line: parses options, calls one stage, prints a summary.
 
-No algorithm lives here. Every command turns a :class:`CleanpipeError` into one line on
-stderr and exit code 2.
+No algorithm lives here. Every list of choices in ``--help`` comes from a registry (data sources, models,
+prune methods, training methods, executors, noise kinds), so the help cannot drift from the code. Every
+command turns a :class:`CleanpipeError` into one line on stderr and exit code 2; a
+:class:`~cleanpipe.validation.ParameterError` is printed with the flag of the parameter it names.
 """
 
 from __future__ import annotations
@@ -18,8 +20,36 @@ from rich.console import Console
 from rich.table import Table
 
 from cleanpipe import __version__
+from cleanpipe.data import SOURCES, DataSpec
+from cleanpipe.data.unlabeled import KINDS as UNLABELED_KINDS
+from cleanpipe.detect.confident import ALIASES, FILTERS, RANK_BY
+from cleanpipe.detect.crossval import N_FOLDS
+from cleanpipe.engine import DEVICES
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.validation import ParameterError
+from cleanpipe.executors import (
+    EXECUTORS,
+    RayOptions,
+    SlurmOptions,
+    placement,
+)
+from cleanpipe.models import MODELS
+from cleanpipe.noise import ALL_KINDS
+from cleanpipe.progress import RichProgress
+from cleanpipe.recipes import RECIPES
+from cleanpipe.robust import METHODS, get_method
+from cleanpipe.rundir import RunDir
+from cleanpipe.stages.apply import run_apply_stage
+from cleanpipe.stages.crossval import run_crossval_stage
+from cleanpipe.stages.noise import run_noise_stage
+from cleanpipe.stages.pipeline import run_pipeline
+from cleanpipe.stages.predict import evaluate as evaluate_model
+from cleanpipe.stages.predict import run_predict
+from cleanpipe.stages.prune import run_prune_stage
+from cleanpipe.stages.report import run_report_stage
+from cleanpipe.stages.review import run_review_stage
+from cleanpipe.stages.theory import QUANTITIES, run_theory_stage
+from cleanpipe.stages.train import run_train_stage
+from cleanpipe.validation import ParameterError, check_choice, check_number, parse_bytes
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -28,7 +58,8 @@ app = typer.Typer(
     name="cleanpipe",
     help=(
         "Find label errors in classification datasets and train models that stay accurate despite them.\n\n"
-        "Stages read and write a run directory: noise -> crossval -> prune -> train (theory: INCV's check).\n\n"
+        "Stages read and write a run directory: noise -> crossval -> prune -> train (theory: INCV's check); "
+        "review -> apply -> a new run; predict and evaluate use a trained model.\n\n"
         "Example: [bold]cleanpipe run runs/demo[/] (the whole pipeline on the embedded digits data)."
     ),
     rich_markup_mode="rich",
@@ -36,6 +67,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _choices(names, sep: str = " | ") -> str:
+    return sep.join(names)
+
+
+DEVICE_HELP = _choices(DEVICES)
 
 
 def _flags(fn: Callable) -> dict[str, str]:
@@ -51,8 +89,8 @@ def _flags(fn: Callable) -> dict[str, str]:
 def user_errors(fn: Callable) -> Callable:
     """Turn user-caused errors into one clear line and exit code 2 (no traceback).
 
-    A :class:`~cleanpipe.validation.ParameterError` names a Python parameter; the line names the flag
-    it came from instead.
+    A :class:`~cleanpipe.validation.ParameterError` names Python parameters; the line names the flags
+    they came from instead (the command's own, else ``train``'s: ``run`` passes them on).
     """
 
     @functools.wraps(fn)
@@ -63,8 +101,8 @@ def user_errors(fn: Callable) -> Callable:
                     raise ParameterError(name, f"must be between 0 and 2**32 - 1, got {kwargs[name]}")
             return fn(*args, **kwargs)
         except ParameterError as e:
-            flag = _flags(wrapper).get(e.parameter) or _flags(train).get(e.parameter, e.parameter)  # train's: run uses them
-            err_console.print(f"[bold red]error:[/] {e.render(flag)}")
+            flags = {**_flags(train), **_flags(wrapper)}
+            err_console.print(f"[bold red]error:[/] {e.render(flags.get(e.parameter, e.parameter), flags)}")
             raise typer.Exit(2) from None
         except CleanpipeError as e:
             err_console.print(f"[bold red]error:[/] {e}")
@@ -74,6 +112,28 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def with_options(*groups: dict[str, inspect.Parameter]) -> Callable:
+    """Add shared groups of options (data, where folds run) to a command, received in its ``**options``."""
+
+    def add(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        fn.__signature__ = sig.replace(parameters=own + [p for g in groups for p in g.values()])
+        return fn
+
+    return add
+
+
+def _group(**options) -> dict[str, inspect.Parameter]:
+    """A group of shared options: ``name=(annotation, typer.Option(...))``."""
+    return {name: inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=hint)
+            for name, (hint, opt) in options.items()}
+
+
+def _pick(options: dict, group: dict) -> dict:
+    return {k: options[k] for k in group}
 
 
 def _version(value: bool) -> None:
@@ -91,7 +151,6 @@ def main(
 
 def _recipe_help(stage: str, field: str) -> str:
     """A recipe's value per kind of data, for --help (``cleanpipe.recipes`` is the one table)."""
-    from cleanpipe.recipes import RECIPES
 
     def value(fit):
         v = getattr(fit, field)
@@ -104,56 +163,79 @@ def _recipe_help(stage: str, field: str) -> str:
 
 RunArg = typer.Argument(..., metavar="RUN", help="Run directory (created if missing).", show_default=False)
 MadeRunArg = typer.Argument(..., metavar="RUN", help="Run directory, made by an earlier stage.", show_default=False)
-DatasetOpt = typer.Option(None, "--dataset", "-d", help="Data source: digits, mnist, cifar10, cifar100, folder, table, npz (see `cleanpipe datasets`).", rich_help_panel="Data")
-DataOpt = typer.Option(None, "--data", help="File or directory the source reads.", rich_help_panel="Data")
-TestFractionOpt = typer.Option(0.2, "--test-fraction", help="Held-out test share when the source has no test files; 0 holds nothing out, so every example is checked for label errors (no test accuracy).", rich_help_panel="Data")
-SplitSeedOpt = typer.Option(0, "--split-seed", help="Seed of the train/test hold-out split.", rich_help_panel="Data")
-ImageSizeOpt = typer.Option(32, "--image-size", help="folder: resize images to this side length.", rich_help_panel="Data")
-LabelColumnOpt = typer.Option("label", "--label-column", help="table: the column holding labels.", rich_help_panel="Data")
+DeviceOpt = typer.Option("auto", "--device", help=DEVICE_HELP)
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine).")
+MODEL_HELP = "auto | " + _choices(MODELS)
+
+DATA = _group(
+    dataset=(Optional[str], typer.Option(None, "--dataset", "-d", help=f"Data source: {_choices(SOURCES, ', ')} (see `cleanpipe datasets`).", rich_help_panel="Data")),
+    data=(Optional[Path], typer.Option(None, "--data", help="File or directory the source reads.", rich_help_panel="Data")),
+    test_fraction=(float, typer.Option(DataSpec.test_fraction, "--test-fraction", help="Held-out test share when the source has no test files; 0 holds nothing out, so every example is checked for label errors (no test accuracy).", rich_help_panel="Data")),
+    split_seed=(int, typer.Option(DataSpec.split_seed, "--split-seed", help="Seed of the train/test hold-out split.", rich_help_panel="Data")),
+    image_size=(int, typer.Option(DataSpec.image_size, "--image-size", help="folder: resize images to this side length.", rich_help_panel="Data")),
+    label_column=(str, typer.Option(DataSpec.label_column, "--label-column", help="table: the column holding labels.", rich_help_panel="Data")),
+)
 
 # Where crossval's folds run: the same options on `crossval` and `run`.
 _FOLDS = "Where folds run"
-ExecutorOpt = typer.Option("local", "--executor", help="local (here, fold after fold) | ray (a Ray task per fold) | slurm (a submitit job array).", rich_help_panel=_FOLDS)
-AddressOpt = typer.Option(None, "--address", help="ray: a running cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine.", rich_help_panel=_FOLDS)
-CpusPerFoldOpt = typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel=_FOLDS)
-GpusPerFoldOpt = typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 when CUDA is visible, else 0).", rich_help_panel=_FOLDS)
-SlurmPartitionOpt = typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel=_FOLDS)
-SlurmTimeOpt = typer.Option(60, "--slurm-time", help="slurm: minutes per fold before Slurm stops it.", rich_help_panel=_FOLDS)
-SlurmGpusOpt = typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel=_FOLDS)
-SlurmOptionOpt = typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable), e.g. account=ml.", rich_help_panel=_FOLDS)
+WHERE = _group(
+    executor=(str, typer.Option("local", "--executor", help=" | ".join(f"{name} ({e.summary})" for name, e in EXECUTORS.items()) + ".", rich_help_panel=_FOLDS)),
+    address=(Optional[str], typer.Option(None, "--address", help="ray: a running cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine.", rich_help_panel=_FOLDS)),
+    cpus_per_fold=(int, typer.Option(1, "--cpus-per-fold", help="ray/slurm: CPUs (and torch threads) per fold.", rich_help_panel=_FOLDS)),
+    gpus_per_fold=(Optional[float], typer.Option(None, "--gpus-per-fold", help="ray: GPUs per fold (default 1 when CUDA is visible, else 0).", rich_help_panel=_FOLDS)),
+    slurm_partition=(Optional[str], typer.Option(None, "--slurm-partition", help="slurm: the partition.", rich_help_panel=_FOLDS)),
+    slurm_time=(int, typer.Option(SlurmOptions.time_min, "--slurm-time", help="slurm: minutes per fold before Slurm stops it.", rich_help_panel=_FOLDS)),
+    slurm_gpus_per_fold=(int, typer.Option(0, "--slurm-gpus-per-fold", help="slurm: GPUs per fold.", rich_help_panel=_FOLDS)),
+    slurm_array_parallelism=(int, typer.Option(SlurmOptions.array_parallelism, "--slurm-array-parallelism", help="slurm: folds running at once at most.", rich_help_panel=_FOLDS)),
+    slurm_option=(list[str], typer.Option([], "--slurm-option", help="slurm: another sbatch option as KEY=VALUE (repeatable), e.g. account=ml.", rich_help_panel=_FOLDS)),
+    slurm_cluster=(str, typer.Option("slurm", "--slurm-cluster", help="slurm: slurm, or local to run the same job array as local processes (to try it out).", rich_help_panel=_FOLDS)),
+    device_memory=(Optional[str], typer.Option(None, "--device-memory", help="Device memory the dataset may take (e.g. 8GB); larger data is streamed from host memory. Default: half the free GPU memory; no limit on CPU.", rich_help_panel=_FOLDS)),
+)
 
 
-def data_spec(
-    dataset: Optional[str],
-    data: Optional[Path],
-    labels: Optional[Path],
-    test_fraction: float,
-    split_seed: int,
-    image_size: int,
-    label_column: str,
-):
-    """A DataSpec from the CLI's data options, or None when no --dataset was given."""
-    from cleanpipe.data import SOURCES, DataSpec
-
+def data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column) -> DataSpec | None:
+    """A DataSpec from the CLI's data options (it checks itself), or None when no --dataset was given."""
     if dataset is None:
         if data is not None:
             raise CleanpipeError("--data needs --dataset NAME to say what kind of data it is")
         return None
-    if dataset not in SOURCES:
-        raise CleanpipeError(f"unknown dataset {dataset!r}; choose one of {', '.join(SOURCES)} (see `cleanpipe datasets`)")
+    spec = DataSpec(source=dataset, path=str(data.resolve()) if data is not None else None, test_fraction=test_fraction,
+                    split_seed=split_seed, image_size=image_size, label_column=label_column,
+                    labels=str(labels.resolve()) if labels is not None else None)
     if data is not None and not SOURCES[dataset].needs_path:
         raise CleanpipeError(f"--dataset {dataset} is embedded and takes no --data; drop --data or pick a source that reads files")
-    if image_size < 4:
-        raise CleanpipeError(f"--image-size must be at least 4, got {image_size}")
-    return DataSpec(
-        source=dataset,
-        path=str(data.resolve()) if data is not None else None,
-        test_fraction=test_fraction,
-        split_seed=split_seed,
-        image_size=image_size,
-        label_column=label_column,
-        labels=str(labels.resolve()) if labels is not None else None,
-    )
+    return spec
+
+
+def where_folds_run(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time, slurm_gpus_per_fold,
+                    slurm_array_parallelism, slurm_option, slurm_cluster, device_memory, wait: bool = True):
+    """The checked executor (:func:`cleanpipe.executors.placement`) and device budget from the CLI's options."""
+    check_choice(slurm_cluster, "slurm_cluster", ("slurm", "local"))
+    for name, value in (("cpus_per_fold", cpus_per_fold), ("slurm_time", slurm_time),
+                        ("slurm_array_parallelism", slurm_array_parallelism)):
+        check_number(value, name, low=1)
+    if gpus_per_fold is not None:
+        check_number(gpus_per_fold, "gpus_per_fold", low=0)
+    extra = {}
+    for item in slurm_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError("slurm_option", f"must be KEY=VALUE (an sbatch option without its dashes), got {item!r}")
+        extra[key.strip().replace("-", "_")] = value.strip()
+    where = placement(executor, RayOptions(address=address, cpus_per_task=cpus_per_fold, gpus_per_task=gpus_per_fold),
+                      SlurmOptions(partition=slurm_partition, time_min=slurm_time, gpus_per_task=slurm_gpus_per_fold,
+                                   cpus_per_task=cpus_per_fold, array_parallelism=slurm_array_parallelism, extra=extra,
+                                   cluster=slurm_cluster, wait=wait))
+    return where, None if device_memory is None else parse_bytes(device_memory, "device_memory")
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    # torch spins a thread per core; on a machine shared with other work, fewer threads are faster.
+    if threads is not None:
+        check_number(threads, "threads", low=1)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # ---- commands ----------------------------------------------------------------------------
@@ -166,8 +248,6 @@ def datasets() -> None:
 
     Example: [bold]cleanpipe datasets[/]
     """
-    from cleanpipe.data import SOURCES
-
     table = Table(title="Data sources", show_lines=True)
     table.add_column("--dataset", style="bold cyan", no_wrap=True)
     table.add_column("what")
@@ -182,32 +262,28 @@ def datasets() -> None:
     )
 
 
+
 @app.command()
 @user_errors
+@with_options(DATA)
 def noise(
     run_dir: Path = RunArg,
-    kind: str = typer.Option(..., "--kind", "-k", help="symmetric | uniform | asymmetric | pairflip | random | semantic (a network's confusions)", show_default=False),
+    kind: str = typer.Option(..., "--kind", "-k", help=_choices(ALL_KINDS) + " (semantic: a network's confusions)", show_default=False),
     rate: float = typer.Option(..., "--rate", "-r", help="Noise rate in [0, 1].", show_default=False),
     sparsity: float = typer.Option(0.0, "--sparsity", help="random: share of zero off-diagonal noise rates."),
     class_map: Optional[str] = typer.Option(None, "--map", help="asymmetric: SRC:DST pairs, e.g. 3:8,5:6 (default: the dataset's standard map)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
     n_classes: Optional[int] = typer.Option(None, "--n-classes", help="Standalone --labels form: number of classes (default max label + 1)."),
     labeler_fraction: float = typer.Option(0.05, "--labeler-fraction", help="semantic: share of the data the labeling network trains on."),
-    device: str = typer.Option("auto", "--device", help="semantic: where the labeling network trains (auto | cpu | cuda)."),
-    dataset: Optional[str] = DatasetOpt,
-    data: Optional[Path] = DataOpt,
+    device: str = typer.Option("auto", "--device", help=f"semantic: where the labeling network trains ({DEVICE_HELP})."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="With --dataset: your own training labels. Alone: noise this bare label file.", rich_help_panel="Data"),
-    test_fraction: float = TestFractionOpt,
-    split_seed: int = SplitSeedOpt,
-    image_size: int = ImageSizeOpt,
-    label_column: str = LabelColumnOpt,
+    **options,
 ) -> None:
     """Inject synthetic label noise into the training labels (for benchmarks).
 
     Writes RUN/noise/noisy_labels.npy, noise_matrix.npy (P(noisy=i | true=j)) and manifest.json.
 
     Examples:
-
       [bold]cleanpipe noise runs/demo --dataset digits --kind symmetric --rate 0.4[/]
 
       [bold]cleanpipe noise runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
@@ -216,12 +292,10 @@ def noise(
 
       [bold]cleanpipe noise runs/sem --dataset digits --kind semantic --rate 0.1[/]  (errors a network would make)
     """
-    from cleanpipe.noise import run_noise_stage
-    from cleanpipe.run import Run
-
-    spec = data_spec(dataset, data, labels if dataset else None, test_fraction, split_seed, image_size, label_column)
+    data = _pick(options, DATA)
+    spec = data_spec(labels=labels if data["dataset"] else None, **data)
     stage = run_noise_stage(
-        Run(run_dir), spec=spec, labels_file=labels if spec is None else None, kind=kind, rate=rate,
+        RunDir(run_dir), spec=spec, labels_file=labels if spec is None else None, kind=kind, rate=rate,
         sparsity=sparsity, class_map=class_map, n_classes=n_classes, seed=seed, labeler_fraction=labeler_fraction,
         device=device,
     )
@@ -265,40 +339,25 @@ def print_noise_summary(run_dir: Path, stage) -> None:
 
 @app.command()
 @user_errors
+@with_options(WHERE, DATA)
 def crossval(
     run_dir: Path = RunArg,
-    model: str = typer.Option("auto", "--model", "-m", help="auto | small_cnn | cnn9 | airbench | preact_resnet18 | resnet32 | mlp | mlp128 | logreg"),
-    n_folds: int = typer.Option(4, "--folds", "-K", help="Number of stratified folds K."),
+    model: str = typer.Option("auto", "--model", "-m", help=MODEL_HELP),
+    n_folds: int = typer.Option(N_FOLDS, "--folds", "-K", help="Number of stratified folds K."),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-R", help=f"Split the data R times (R x K fold tasks) and average each row over the R models that did not see it (default {_recipe_help('crossval', 'repeats')}).", show_default=False),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Images: average each held-out prediction over the image shifted up, down, left and right (default: on for small and grey images, off for colour ones, which average flips).", show_default=False),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs per fold (default {_recipe_help('crossval', 'epochs')})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('crossval', 'batch_size')})."),
     lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('crossval', 'lr')})."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     fold: Optional[int] = typer.Option(None, "--fold", help="Run only fold I (0-based; with --repeats R, task I of 0..R*K-1) as its own job; join later with --combine."),
     combine: bool = typer.Option(False, "--combine", help="Join the finished fold shards into pred_probs.npy."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA; adds ~7-10 s of compilation per fold, so only long runs gain)."),
-    executor: str = ExecutorOpt,
-    address: Optional[str] = AddressOpt,
-    cpus_per_fold: int = CpusPerFoldOpt,
-    gpus_per_fold: Optional[float] = GpusPerFoldOpt,
-    slurm_partition: Optional[str] = SlurmPartitionOpt,
-    slurm_time: int = SlurmTimeOpt,
-    slurm_gpus_per_fold: int = SlurmGpusOpt,
-    slurm_array_parallelism: int = typer.Option(64, "--slurm-array-parallelism", help="slurm: folds running at once at most.", rich_help_panel="Where folds run"),
-    slurm_option: list[str] = SlurmOptionOpt,
-    slurm_cluster: str = typer.Option("slurm", "--slurm-cluster", help="slurm: slurm, or local to run the same job array as local processes (to try it out).", rich_help_panel="Where folds run"),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the array and combine, or print its job ID and leave `--combine` for later.", rich_help_panel="Where folds run"),
-    device_memory: Optional[str] = typer.Option(None, "--device-memory", help="Device memory the dataset may take (e.g. 8GB); larger data is streamed from host memory. Default: half the free GPU memory; no limit on CPU.", rich_help_panel="Where folds run"),
-    dataset: Optional[str] = DatasetOpt,
-    data: Optional[Path] = DataOpt,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the array and combine, or print its job ID and leave `--combine` for later.", rich_help_panel=_FOLDS),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json), for data whose labels are really noisy.", rich_help_panel="Data"),
-    test_fraction: float = TestFractionOpt,
-    split_seed: int = SplitSeedOpt,
-    image_size: int = ImageSizeOpt,
-    label_column: str = LabelColumnOpt,
+    **options,
 ) -> None:
     """K-fold out-of-fold predicted probabilities of the training split (pred_probs).
 
@@ -306,7 +365,6 @@ def crossval(
     Finished folds are kept as shards: an interrupted job resumes where it stopped.
 
     Examples:
-
       [bold]cleanpipe crossval runs/demo[/]   (after cleanpipe noise runs/demo ...)
 
       [bold]cleanpipe crossval runs/real --dataset table --data data.csv --label-column y --folds 5[/]
@@ -317,48 +375,16 @@ def crossval(
 
       [bold]cleanpipe crossval runs/c10 --executor slurm --slurm-partition gpu --slurm-gpus-per-fold 1[/]  (a submitit job array)
     """
-    from cleanpipe.crossval import run_crossval_stage
-    from cleanpipe.progress import RichProgress
-    from cleanpipe.run import Run
-
-    spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
+    spec = data_spec(labels=labels, **_pick(options, DATA))
     _set_threads(threads)
-    where = executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time,
-                             slurm_gpus_per_fold, slurm_array_parallelism, slurm_option, slurm_cluster, wait, device_memory)
+    where, device_memory = where_folds_run(**_pick(options, WHERE), wait=wait)
     with RichProgress(console) as progress:
         stage = run_crossval_stage(
-            Run(run_dir), spec=spec, model=model, n_folds=n_folds, repeats=repeats, tta=tta, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed, device=device, fold=fold, combine=combine, compile=compile_, progress=progress,
-            threads=threads, **where,
+            RunDir(run_dir), spec=spec, model=model, n_folds=n_folds, repeats=repeats, tta=tta, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, device=device, fold=fold, combine=combine, compile=compile_,
+            where=where, threads=threads, device_memory=device_memory, progress=progress,
         )
     print_crossval_summary(run_dir, stage)
-
-
-def executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time, slurm_gpus_per_fold,
-                     slurm_array_parallelism, slurm_option, slurm_cluster, wait, device_memory) -> dict:
-    """run_crossval_stage's executor arguments from the CLI's options, checked."""
-    from cleanpipe.executors import EXECUTORS, RayOptions, SlurmOptions
-    from cleanpipe.validation import check_choice, check_number, parse_bytes
-
-    check_choice(executor, "executor", EXECUTORS)
-    check_choice(slurm_cluster, "slurm_cluster", ("slurm", "local"))
-    check_number(cpus_per_fold, "cpus_per_fold", low=1)
-    check_number(slurm_time, "slurm_time", low=1)
-    check_number(slurm_array_parallelism, "slurm_array_parallelism", low=1)
-    if gpus_per_fold is not None:
-        check_number(gpus_per_fold, "gpus_per_fold", low=0)
-    extra = {}
-    for item in slurm_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ParameterError("slurm_option", f"must be KEY=VALUE (an sbatch option without its dashes), got {item!r}")
-        extra[key.strip().replace("-", "_")] = value.strip()
-    return {"executor": executor,
-            "ray": RayOptions(address=address, cpus_per_fold=cpus_per_fold, gpus_per_fold=gpus_per_fold),
-            "slurm": SlurmOptions(partition=slurm_partition, time_min=slurm_time, gpus_per_fold=slurm_gpus_per_fold,
-                                  cpus_per_fold=cpus_per_fold, array_parallelism=slurm_array_parallelism, extra=extra,
-                                  cluster=slurm_cluster, wait=wait),
-            "device_memory": None if device_memory is None else parse_bytes(device_memory, "device_memory")}
 
 
 def print_crossval_summary(run_dir: Path, stage) -> None:
@@ -395,23 +421,26 @@ def print_crossval_summary(run_dir: Path, stage) -> None:
     )
 
 
+PRUNE_METHODS = f"{_choices(FILTERS)}, the paper's {_choices(ALIASES)}, or incv"
+
+
 @app.command()
 @user_errors
 def prune(
     run_dir: Path = RunArg,
-    method: str = typer.Option("prune_by_noise_rate", "--method", help="prune_by_noise_rate | prune_by_class | both | confident_learning | predicted_neq_given | low_normalized_margin | low_self_confidence, or the paper's cl-pbnr | cl-pbc | cl-both | cj-only | argmax"),
+    method: str = typer.Option("prune_by_noise_rate", "--method", help=PRUNE_METHODS),
     pred_probs: Optional[Path] = typer.Option(None, "--pred-probs", help="Standalone: out-of-sample probabilities (.npy, N x K) computed anywhere.", rich_help_panel="Standalone form"),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Standalone: the given labels (.npy/.csv/.json).", rich_help_panel="Standalone form"),
     true_labels: Optional[Path] = typer.Option(None, "--true-labels", help="Standalone: the true labels, to report precision/recall.", rich_help_panel="Standalone form"),
     frac_noise: float = typer.Option(1.0, "--frac-noise", help="Flag only this share of the estimated issues (noise-rate, class and both methods)."),
     num_to_remove_per_class: Optional[str] = typer.Option(None, "--num-to-remove-per-class", help="K comma-separated counts (noise-rate, class and both methods)."),
-    rank_by: str = typer.Option("normalized_margin", "--rank-by", help="The label-quality score that orders the report: normalized_margin | self_confidence | confidence_weighted_entropy"),
+    rank_by: str = typer.Option(RANK_BY[0], "--rank-by", help="The label-quality score that orders the report: " + _choices(RANK_BY)),
     top: int = typer.Option(10, "--top", help="How many of the most suspicious examples to show."),
     iterations: int = typer.Option(4, "--iterations", help="incv: selection iterations (2 models each).", rich_help_panel="INCV"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="incv: epochs per model (default 40, fitted without augmentation as INCV's theory assumes).", rich_help_panel="INCV"),
     model: str = typer.Option("auto", "--model", help="incv: the network; auto = resnet32 (the paper's) for colour images, mlp128 for grey or small ones, mlp for tables.", rich_help_panel="INCV"),
     seed: int = typer.Option(0, "--seed", help="incv: seed of halves and models.", rich_help_panel="INCV"),
-    device: str = typer.Option("auto", "--device", help="incv: auto | cpu | cuda", rich_help_panel="INCV"),
+    device: str = typer.Option("auto", "--device", help=f"incv: {DEVICE_HELP}", rich_help_panel="INCV"),
     noise_pattern: str = typer.Option("auto", "--noise-pattern", help="incv: symmetric noise discards high-loss examples; auto reads the run's noise kind.", rich_help_panel="INCV"),
 ) -> None:
     """Find label errors with confident learning (cleanlab): masks and a ranked CSV report.
@@ -420,28 +449,23 @@ def prune(
     label_issues.csv (worst first) and manifest.json.
 
     Examples:
-
       [bold]cleanpipe prune runs/demo[/]   (after noise and crossval)
 
       [bold]cleanpipe prune runs/cl --pred-probs pred_probs.npy --labels noisy_labels.npy --true-labels true_labels.npy --method cl-pbnr[/]
 
       [bold]cleanpipe prune runs/demo --method incv --iterations 4[/]   (INCV: trains its own models, no crossval needed)
     """
-    from cleanpipe.progress import RichProgress
-    from cleanpipe.prune import run_prune_stage
-    from cleanpipe.run import Run
-
     counts = None
     if num_to_remove_per_class is not None:
         try:
             counts = [int(c) for c in num_to_remove_per_class.split(",")]
         except ValueError:
-            raise CleanpipeError("--num-to-remove-per-class takes comma-separated whole numbers, e.g. 10,10,5") from None
+            raise ParameterError("num_to_remove_per_class", "takes comma-separated whole numbers, e.g. 10,10,5") from None
     incv = {"iterations": iterations, "epochs": epochs, "model": model, "seed": seed, "device": device,
             "pattern": noise_pattern}
     with RichProgress(console) as progress:
         stage = run_prune_stage(
-            Run(run_dir), method=method, pred_probs_file=pred_probs, labels_file=labels, true_labels_file=true_labels,
+            RunDir(run_dir), method=method, pred_probs_file=pred_probs, labels_file=labels, true_labels_file=true_labels,
             frac_noise=frac_noise, num_to_remove_per_class=counts, rank_by=rank_by, incv=incv, progress=progress,
         )
     print_prune_summary(run_dir, stage, top)
@@ -502,8 +526,8 @@ def theory(
     model: str = typer.Option("auto", "--model", "-m", help="The network; auto = INCV's (resnet32 for colour images, mlp128 for grey or small ones, mlp for tables)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs (default 40: the network must fit the noisy labels, as the theory assumes)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the halves and the model."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Check INCV's theory on this run: train on one half of the noisy labels, score the other.
 
@@ -513,23 +537,17 @@ def theory(
     held_out.csv and manifest.json. Needs a noise stage (the true labels must be known).
 
     Example:
-
       [bold]cleanpipe noise runs/theory --dataset mnist --data ../shared/data/mnist-test --kind symmetric --rate 0.4[/]
 
       [bold]cleanpipe theory runs/theory[/]
     """
-    from cleanpipe.progress import RichProgress
-    from cleanpipe.run import Run
-    from cleanpipe.theory import run_theory_stage
-
     _set_threads(threads)
     with RichProgress(console) as progress:
-        stage = run_theory_stage(Run(run_dir), model=model, epochs=epochs, seed=seed, device=device, progress=progress)
+        stage = run_theory_stage(RunDir(run_dir), model=model, epochs=epochs, seed=seed, device=device, progress=progress)
     print_theory_summary(run_dir, stage)
 
 
 def print_theory_summary(run_dir: Path, stage) -> None:
-    from cleanpipe.theory import QUANTITIES
 
     m, p = stage.manifest["metrics"], stage.manifest["parameters"]
     console.print(
@@ -563,7 +581,6 @@ def _method_options() -> dict[str, inspect.Parameter]:
     A flag several methods share (``--temperature``, ``--ema``, ``--policy``) is one option; where their
     defaults differ it defaults to None and each method keeps its own.
     """
-    from cleanpipe.robust import METHODS
 
     found: dict[str, list] = {}
     for spec in METHODS.values():
@@ -597,7 +614,6 @@ METHOD_OPTIONS = _method_options()
 
 def _options_for(method: str, given: dict):
     """The method's options dataclass from the command line's values (None: the method's own default)."""
-    from cleanpipe.robust import get_method
 
     spec = get_method(method)
     own = {f.name for f in fields(spec.Options)}
@@ -610,7 +626,6 @@ def _options_for(method: str, given: dict):
 
 
 def _methods_help() -> str:
-    from cleanpipe.robust import METHODS
 
     return " | ".join(METHODS)
 
@@ -621,14 +636,14 @@ def train(
     run_dir: Path = MadeRunArg,
     method: str = typer.Option("standard", "--method", help=_methods_help()),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
-    model: str = typer.Option("auto", "--model", "-m", help="The network (see crossval)."),
+    model: str = typer.Option("auto", "--model", "-m", help=MODEL_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs (default {_recipe_help('train', 'epochs')})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('train', 'batch_size')})."),
     lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('train', 'lr')})."),
     clean_labels: bool = typer.Option(False, "--clean-labels", help="Benchmarks: train on the true labels of a run with synthetic noise (the ceiling)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the networks and batches."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     **method_options,
 ) -> None:
     """Train a model on the cleaned training data with a noise-robust method; report test accuracy.
@@ -637,11 +652,9 @@ def train(
     train accuracy on the given labels, test accuracy, the method's numbers) and manifest.json.
 
     Methods:
-
     {methods}
 
     Examples:
-
       [bold]cleanpipe train runs/demo --method coteaching[/]   (after noise, crossval and prune)
 
       [bold]cleanpipe train runs/demo --method standard --subset all[/]   (the baseline: all noisy labels)
@@ -652,21 +665,16 @@ def train(
 
       [bold]cleanpipe train runs/demo --method noisy-student --write-labels fixed.csv[/]   (relabels the flagged examples: RUN/train/relabel.csv)
     """
-    from cleanpipe.progress import RichProgress
-    from cleanpipe.run import Run
-    from cleanpipe.train import run_train_stage
-
     _set_threads(threads)
     options = _options_for(method, method_options)
     with RichProgress(console) as progress:
-        stage = run_train_stage(Run(run_dir), method, options=options, subset=subset, model=model, epochs=epochs,
+        stage = run_train_stage(RunDir(run_dir), method, options=options, subset=subset, model=model, epochs=epochs,
                                 batch_size=batch_size, lr=lr, seed=seed, device=device, clean_labels=clean_labels,
                                 progress=progress)
     print_train_summary(run_dir, stage)
 
 
 def _method_list() -> str:
-    from cleanpipe.robust import METHODS
 
     return "\n\n    ".join(f"  [bold]{name}[/]: {spec.summary}" for name, spec in METHODS.items())
 
@@ -709,16 +717,13 @@ def print_train_summary(run_dir: Path, stage) -> None:
 def evaluate(
     run_dir: Path = MadeRunArg,
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model.pt to score (default RUN/train/model.pt)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = DeviceOpt,
 ) -> None:
     """Accuracy and confusion matrix of the trained model on the run's test split.
 
     Example: [bold]cleanpipe evaluate runs/demo[/]
     """
-    from cleanpipe.run import Run
-    from cleanpipe.train import evaluate as evaluate_model
-
-    r = evaluate_model(Run(run_dir), checkpoint, device)
+    r = evaluate_model(RunDir(run_dir), checkpoint, device)
     console.print(f"[bold green]evaluate[/] {r['checkpoint']}: test accuracy [bold]{r['accuracy']:.4f}[/] on {r['n_test']:,} examples")
     K = len(r["class_names"])
     if K <= 20:
@@ -746,12 +751,8 @@ def report(
 
     Example: [bold]cleanpipe report runs/demo[/]   then open runs/demo/report/report.html
     """
-    from cleanpipe.report import run_report_stage
-    from cleanpipe.run import Run
-
-    if top < 0:
-        raise CleanpipeError(f"--top must be at least 0, got {top}")
-    stage = run_report_stage(Run(run_dir), top=top)
+    check_number(top, "top", low=0)
+    stage = run_report_stage(RunDir(run_dir), top=top)
     console.print(f"[bold green]report[/] {stage.html_path} ({len(stage.plots)} plots: {', '.join(stage.plots)})")
 
 
@@ -770,10 +771,7 @@ def review(
 
     Example: [bold]cleanpipe review runs/demo --also 20[/]   then open runs/demo/review/review.html
     """
-    from cleanpipe.review import run_review_stage
-    from cleanpipe.run import Run
-
-    stage = run_review_stage(Run(run_dir), also=also)
+    stage = run_review_stage(RunDir(run_dir), also=also)
     extra = f" + {stage.n_also:,} next-worst" if stage.n_also else ""
     console.print(f"[bold green]review[/] {stage.html_path}: {stage.n_flagged:,} flagged{extra} examples to decide on "
                   f"({_size(stage.manifest['metrics']['page_bytes'])}, opens from disk)")
@@ -799,10 +797,7 @@ def apply_(
 
     Example: [bold]cleanpipe apply runs/demo ~/Downloads/corrections.csv --out fixed_labels.csv[/]
     """
-    from cleanpipe.corrections import run_apply_stage
-    from cleanpipe.run import Run
-
-    stage = run_apply_stage(Run(run_dir), corrections, out)
+    stage = run_apply_stage(RunDir(run_dir), corrections, out)
     c = stage.counts
     skipped = f", {c['skip']:,} skipped" if c["skip"] else ""
     console.print(f"[bold green]apply[/] {c['relabel']:,} relabeled ({stage.n_changed:,} changed), {c['keep']:,} kept, "
@@ -815,11 +810,11 @@ def apply_(
 def predict(
     run_dir: Path = MadeRunArg,
     data: Path = typer.Option(..., "--data", help="New data: a folder of images, a .csv/.parquet table with the run's feature columns, or an .npz with X.", show_default=False),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="How to read --data: folder | table | npz (default: by its form)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=f"How to read --data: {_choices(UNLABELED_KINDS)} (default: by its form)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Predictions CSV to write (default RUN/predict/predictions.csv)."),
     probs: bool = typer.Option(False, "--probs", help="Add one p_<class> probability column per class."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model.pt to use (default RUN/train/model.pt)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = DeviceOpt,
 ) -> None:
     """Label new data with the run's trained model: id, predicted_label, predicted_class, confidence.
 
@@ -829,16 +824,10 @@ def predict(
 
     Example: [bold]cleanpipe predict runs/demo --data new_images/ --out predictions.csv --probs[/]
     """
-    from cleanpipe.data.unlabeled import KINDS
-    from cleanpipe.predict import run_predict
-    from cleanpipe.progress import RichProgress
-    from cleanpipe.run import Run
-    from cleanpipe.validation import check_choice
-
     if dataset is not None:
-        check_choice(dataset, "dataset", KINDS)
+        check_choice(dataset, "dataset", UNLABELED_KINDS)
     with RichProgress(console) as progress:
-        stage = run_predict(Run(run_dir), data, kind=dataset, out=out, with_probs=probs, checkpoint=checkpoint,
+        stage = run_predict(RunDir(run_dir), data, kind=dataset, out=out, with_probs=probs, checkpoint=checkpoint,
                             device=device, progress=progress)
     top = ", ".join(f"{k} {v:,}" for k, v in sorted(stage.class_counts.items(), key=lambda kv: -kv[1])[:6])
     console.print(f"[bold green]predict[/] {stage.n:,} examples on {stage.device}: mean confidence {stage.mean_confidence:.3f}; "
@@ -848,65 +837,47 @@ def predict(
 
 @app.command("run")
 @user_errors
+@with_options(WHERE, DATA)
 def run_all(
     run_dir: Path = RunArg,
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Data source (see `cleanpipe datasets`); default: the run's own, else digits.", rich_help_panel="Data"),
-    data: Optional[Path] = DataOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", help="Your own training labels (.npy/.csv/.json).", rich_help_panel="Data"),
     kind: Optional[str] = typer.Option(None, "--kind", "-k", help="Add synthetic noise of this kind (see `cleanpipe noise --help`), or 'none'. Default: symmetric on the embedded demo data, none on your own data (--data/--labels).", show_default=False),
     rate: Optional[float] = typer.Option(None, "--rate", "-r", help="Synthetic noise rate (default 0.4, with a --kind or on the demo data).", show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
     model: str = typer.Option("auto", "--model", "-m", help="Model for cross-validation (see `cleanpipe crossval --help`)."),
-    n_folds: int = typer.Option(4, "--folds", "-K", help="Cross-validation folds."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine)."),
+    n_folds: int = typer.Option(N_FOLDS, "--folds", "-K", help="Cross-validation folds."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     method: str = typer.Option("coteaching", "--method", help=f"Training method: {_methods_help()} (see `cleanpipe train --help`)."),
     prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
-    executor: str = ExecutorOpt,
-    address: Optional[str] = AddressOpt,
-    cpus_per_fold: int = CpusPerFoldOpt,
-    gpus_per_fold: Optional[float] = GpusPerFoldOpt,
-    slurm_partition: Optional[str] = SlurmPartitionOpt,
-    slurm_time: int = SlurmTimeOpt,
-    slurm_gpus_per_fold: int = SlurmGpusOpt,
-    slurm_option: list[str] = SlurmOptionOpt,
-    test_fraction: float = TestFractionOpt,
-    split_seed: int = SplitSeedOpt,
-    image_size: int = ImageSizeOpt,
-    label_column: str = LabelColumnOpt,
+    **options,
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
     Stages: noise, crossval, prune, train, report. Synthetic noise is added only to the embedded demo data (40% symmetric) or when --kind is given: your own data is checked with its labels as they are. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
 
     Examples:
-
       [bold]cleanpipe run runs/demo[/]   (digits, 40% symmetric noise, Co-teaching on the kept examples)
 
       [bold]cleanpipe run runs/mine --dataset table --data my.csv --label-column diagnosis --test-fraction 0[/]   (your labels as they are, every row checked)
 
       [bold]cleanpipe run runs/mnist --dataset mnist --data ../shared/data/mnist-test --kind pairflip --rate 0.45[/]
     """
-    from cleanpipe.pipeline import run_pipeline
-    from cleanpipe.progress import RichProgress
-    from cleanpipe.robust import get_method
-    from cleanpipe.run import Run
-
-    get_method(method)  # an unknown method fails before anything runs
-    where = executor_options(executor, address, cpus_per_fold, gpus_per_fold, slurm_partition, slurm_time,
-                             slurm_gpus_per_fold, 64, slurm_option, "slurm", True, None)
-    from cleanpipe.executors import preflight
-
-    preflight(executor, where["ray"], where["slurm"])  # before the noise stage writes anything
-    run = Run(run_dir)
-    if dataset is None and run.dataset_json() is None:
-        dataset = "digits"
-    spec = data_spec(dataset, data, labels, test_fraction, split_seed, image_size, label_column)
+    where, device_memory = where_folds_run(**_pick(options, WHERE))  # before the noise stage writes anything
+    run = RunDir(run_dir)
+    data = _pick(options, DATA)
+    if data["dataset"] is None and run.dataset_json() is None:
+        data["dataset"] = "digits"
+    spec = data_spec(labels=labels, **data)
     _set_threads(threads)
     with RichProgress(console) as progress:
         result = run_pipeline(run, spec, kind=kind, rate=rate, seed=seed, model=model, folds=n_folds, device=device,
-                              method=method, prune_method=prune_method, progress=progress, crossval_options=where,
-                              on_stage=lambda name, stage: _print_stage(run_dir, name, stage))
+                              method=method, prune_method=prune_method, progress=progress, where=where,
+                              device_memory=device_memory, on_stage=lambda name, stage: _print_stage(run_dir, name, stage))
+    print_run_summary(run_dir, result, method)
+
+
+def print_run_summary(run_dir: Path, result, method: str) -> None:
     pm, tm = result.prune.manifest["metrics"], result.train_manifest["metrics"]
     found = f" (precision {pm['precision']:.2f}, recall {pm['recall']:.2f})" if "precision" in pm else ""
     labels_were = ("the labels as they are (no synthetic noise added)" if result.kind == "none"
@@ -930,16 +901,6 @@ def _print_stage(run_dir: Path, name: str, stage) -> None:
         print_prune_summary(run_dir, stage, top=5)
     else:
         printer[name](run_dir, stage)
-
-
-def _set_threads(threads: Optional[int]) -> None:
-    # torch spins a thread per core; on a machine shared with other work, fewer threads are faster.
-    if threads is not None:
-        if threads < 1:
-            raise CleanpipeError(f"--threads must be at least 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def entry() -> None:

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.files import atomic_write_bytes
+from cleanpipe.validation import ParameterError
 
 # Column names taken as the label column of a multi-column CSV (case-insensitive), in order.
 # The label of an example left out of every stage (scikit-learn's mark of "unlabeled").
@@ -62,16 +64,13 @@ def read_labels(
         out-of-range labels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CleanpipeError(f"labels file {path}: no such file")
-    suffix = path.suffix.lower()
-    readers = {".npy": _read_npy, ".csv": _read_csv, ".json": _read_json}
-    if suffix not in readers:
-        raise CleanpipeError(f"labels file {path}: unknown format {suffix or '(none)'}; use .npy, .csv or .json")
-    try:
-        raw = readers[suffix](path, ids, class_names)
-    except (OSError, UnicodeDecodeError) as e:
-        raise CleanpipeError(f"labels file {path}: cannot read it ({e})") from None
+    keys, raw = read_entries(path, class_names)
+    if keys is not None and ids is not None:
+        raw = _match_by_id(_keyed(keys, raw, path), ids, path)
+    elif keys is not None and path.suffix.lower() == ".json":
+        raise CleanpipeError(
+            f"labels file {path} maps IDs to labels, which needs a dataset to match against; use it with --dataset"
+        )
     if n is not None and len(raw) != n:
         raise CleanpipeError(
             f"labels file {path} has {len(raw):,} entries but the dataset's training split has {n:,} examples; "
@@ -80,7 +79,37 @@ def read_labels(
     return _to_ids(raw, path, class_names, allow_excluded)
 
 
-def _read_npy(path: Path, ids, class_names) -> np.ndarray:
+def read_entries(path: Path, class_names: Sequence[str] | None = None) -> tuple[list[str] | None, np.ndarray]:
+    """A label file's entries as written, in its order: ``(IDs or None, labels)``; the one reader of label files.
+
+    ``.npy``: no IDs. ``.csv``: the label column (see :func:`read_labels`) and, with an ``id`` column, the
+    IDs. ``.json``: a list (no IDs) or an ``{id: label}`` object. Labels are the file's raw values (numbers,
+    or text: class names); with ``class_names`` a CSV's values all stay text (names win over numbers).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CleanpipeError(f"labels file {path}: no such file")
+    suffix = path.suffix.lower()
+    readers = {".npy": _read_npy, ".csv": _read_csv, ".json": _read_json}
+    if suffix not in readers:
+        raise CleanpipeError(f"labels file {path}: unknown format {suffix or '(none)'}; use .npy, .csv or .json")
+    try:
+        return readers[suffix](path, class_names)
+    except (OSError, UnicodeDecodeError) as e:
+        raise CleanpipeError(f"labels file {path}: cannot read it ({e})") from None
+
+
+def _keyed(keys: list[str], values: np.ndarray, path: Path) -> dict:
+    """``{id: label}`` of a file's entries; an ID given twice is an error."""
+    mapping = dict(zip(keys, values))
+    if len(mapping) != len(keys):
+        seen: set[str] = set()
+        twice = next(k for k in keys if k in seen or seen.add(k))
+        raise CleanpipeError(f"labels file {path}: ID {twice!r} appears twice; give each example once")
+    return mapping
+
+
+def _read_npy(path: Path, class_names) -> tuple[None, np.ndarray]:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError:
@@ -94,10 +123,10 @@ def _read_npy(path: Path, ids, class_names) -> np.ndarray:
         shape = getattr(arr, "shape", None)
         hint = "; for one-hot or probability rows save labels = probs.argmax(axis=1)" if shape and len(shape) == 2 else ""
         raise CleanpipeError(f"labels file {path}: expected a 1-D vector of class ids, got shape {shape}{hint}")
-    return arr
+    return None, arr
 
 
-def _read_csv(path: Path, ids, class_names) -> np.ndarray:
+def _read_csv(path: Path, class_names) -> tuple[list[str] | None, np.ndarray]:
     import pandas as pd
 
     try:
@@ -117,13 +146,9 @@ def _read_csv(path: Path, ids, class_names) -> np.ndarray:
     if missing.any():
         raise CleanpipeError(f"labels file {path}: {int(missing.sum())} rows have no label (first: data row {int(np.argmax(missing))})")
     values = df[col].to_numpy()
-    if ID_COLUMN in cols and ids is not None:
-        keys = df[cols[ID_COLUMN]].astype(str).tolist()
-        dup = pd.Index(keys).duplicated()
-        if dup.any():
-            raise CleanpipeError(f"labels file {path}: ID {keys[int(np.argmax(dup))]!r} appears twice; give each example once")
-        return _match_by_id(dict(zip(keys, values)), ids, path)
-    return values
+    if ID_COLUMN in cols and col != cols[ID_COLUMN]:
+        return df[cols[ID_COLUMN]].astype(str).tolist(), values
+    return None, values
 
 
 def _is_headerless(first: str, class_names) -> bool:
@@ -152,7 +177,7 @@ def _label_column(df, path: Path):
     return col
 
 
-def _read_json(path: Path, ids, class_names) -> np.ndarray:
+def _read_json(path: Path, class_names) -> tuple[list[str] | None, np.ndarray]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
@@ -162,13 +187,9 @@ def _read_json(path: Path, ids, class_names) -> np.ndarray:
     except ValueError as e:  # a duplicate key
         raise CleanpipeError(f"labels file {path}: {e}") from None
     if isinstance(obj, list):
-        return _object_array(obj)
+        return None, _object_array(obj)
     if isinstance(obj, dict):
-        if ids is None:
-            raise CleanpipeError(
-                f"labels file {path} maps IDs to labels, which needs a dataset to match against; use it with --dataset"
-            )
-        return _match_by_id(obj, ids, path)
+        return [str(k) for k in obj], _object_array(list(obj.values()))
     raise CleanpipeError(f"labels file {path}: expected a JSON list or an {{id: label}} object")
 
 
@@ -298,31 +319,29 @@ def test_split_conflicts(path: Path, ids_test: Sequence[str], y_test: np.ndarray
     ``--labels`` sets training labels only; a file made for a run with another split (``cleanpipe apply``
     writes every training example of its run) would otherwise lose those decisions without a word.
     """
-    import pandas as pd
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if not len(ids_test) or suffix not in (".csv", ".json"):
+    if not len(ids_test) or Path(path).suffix.lower() not in (".csv", ".json"):
         return 0
     try:
-        if suffix == ".json":
-            mapping = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(mapping, dict):
-                return 0
-        else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-            cols = {str(c).lower(): c for c in df.columns}
-            if ID_COLUMN not in cols or len(df.columns) < 2:
-                return 0
-            mapping = dict(zip(df[cols[ID_COLUMN]], df[_label_column(df, path)]))
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        keys, values = read_entries(Path(path), class_names)
+    except CleanpipeError:
         return 0  # read_labels has already said what is wrong with the file, or will
-    keys = {str(k).replace("\\", "/"): v for k, v in mapping.items()}
-    present = [(k, i) for k, i in enumerate(map(str, ids_test)) if i in keys]
+    if keys is None:
+        return 0
+    by_key = {k.replace("\\", "/"): v for k, v in zip(keys, values)}
+    present = [(k, i) for k, i in enumerate(map(str, ids_test)) if i in by_key]
     if not present:
         return 0
-    given = _to_ids(_object_array([keys[i] for _, i in present]), path, class_names, allow_excluded=True)
+    given = _to_ids(_object_array([by_key[i] for _, i in present]), Path(path), class_names, allow_excluded=True)
     return int(np.sum(given != np.asarray(y_test)[[k for k, _ in present]]))
+
+
+def id_positions(keys: Sequence[str], ids: Sequence[str], path: Path) -> np.ndarray:
+    """The position in ``ids`` of each key (an ID, or a path ending in ``/<ID>``): int64 (M,), -1 where none matches."""
+    position = {str(i): k for k, i in enumerate(ids)}
+    keys = [str(k).replace("\\", "/") for k in keys]
+    unknown = [k for k in keys if k not in position]
+    by_key = {key: tail for tail, key in _suffix_index(unknown, set(position), path).items()} if unknown else {}
+    return np.asarray([position.get(k, position.get(by_key.get(k), -1)) for k in keys], dtype=np.int64)
 
 
 def read_partial_labels(path: Path, ids: Sequence[str], class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -344,59 +363,25 @@ def read_partial_labels(path: Path, ids: Sequence[str], class_names: Sequence[st
     labels : np.ndarray
         int64 (M,): their labels.
     """
-    import pandas as pd
-
     path = Path(path)
-    if not path.is_file():
-        raise CleanpipeError(f"labels file {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            mapping = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-            raise CleanpipeError(f"labels file {path}: not a valid JSON object of {{id: label}} ({e})") from None
-        if not isinstance(mapping, dict):
-            raise CleanpipeError(f"labels file {path}: expected a JSON object {{id: label}} for some examples")
-    elif suffix == ".csv":
-        try:
-            head = pd.read_csv(path, nrows=0)
-            cols = {str(c).lower(): c for c in head.columns}
-            if ID_COLUMN not in cols:
-                raise CleanpipeError(f"labels file {path}: needs an `id` column naming the examples it labels")
-            df = pd.read_csv(path, dtype={cols[ID_COLUMN]: str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise CleanpipeError(f"labels file {path}: not a readable CSV ({e})") from None
-        col = _label_column(df, path)
-        if df[col].isna().any():
-            raise CleanpipeError(f"labels file {path}: some rows have no label")
-        keys = df[cols[ID_COLUMN]].astype(str).tolist()
-        if pd.Index(keys).duplicated().any():
-            raise CleanpipeError(f"labels file {path}: an ID appears twice; give each example once")
-        mapping = dict(zip(keys, df[col].tolist()))
-    else:
-        raise CleanpipeError(f"labels file {path}: give a .csv with id and label columns or a .json {{id: label}} object")
-    if not mapping:
+    keys, values = read_entries(path, class_names)
+    if keys is None:
+        raise CleanpipeError(f"labels file {path}: needs an `id` column naming the examples it labels"
+                             if path.suffix.lower() == ".csv" else
+                             f"labels file {path}: give a .csv with id and label columns or a .json {{id: label}} object")
+    if not keys:
         raise CleanpipeError(f"labels file {path}: no labels in it")
-    position = {str(i): k for k, i in enumerate(ids)}
-    keys = [str(k).replace("\\", "/") for k in mapping]
-    unknown = [k for k in keys if k not in position]
-    tails = _suffix_index(unknown, set(position), path) if unknown else {}
-    by_key = {key: tail for tail, key in tails.items()}
-    rows = []
-    for k in keys:
-        if k in position:
-            rows.append(position[k])
-        elif k in by_key:
-            rows.append(position[by_key[k]])
-        else:
-            raise CleanpipeError(f"labels file {path}: ID {k!r} is not a training example of this run; "
-                                 f"keys must be example IDs or paths ending in /<ID>")
-    rows_arr = np.asarray(rows, dtype=np.int64)
-    if len(np.unique(rows_arr)) != len(rows_arr):
+    _keyed(keys, values, path)  # each example once
+    rows = id_positions(keys, ids, path)
+    if (rows < 0).any():
+        k = keys[int(np.argmax(rows < 0))]
+        raise CleanpipeError(f"labels file {path}: ID {k!r} is not a training example of this run; "
+                             f"keys must be example IDs or paths ending in /<ID>")
+    if len(np.unique(rows)) != len(rows):
         raise CleanpipeError(f"labels file {path}: two entries name the same example; keep one")
-    labels = _to_ids(_object_array(list(mapping.values())), path, class_names)
-    order = np.argsort(rows_arr)
-    return rows_arr[order], labels[order]
+    labels = _to_ids(values, path, class_names)
+    order = np.argsort(rows)
+    return rows[order], labels[order]
 
 
 LABEL_SUFFIXES = (".npy", ".csv", ".json")  # what write_labels writes and read_labels reads back
@@ -404,7 +389,6 @@ LABEL_SUFFIXES = (".npy", ".csv", ".json")  # what write_labels writes and read_
 
 def check_label_path(path: Path, name: str = "path") -> Path:
     """``path`` if a label file can be written there (a known suffix, an existing folder), else a ParameterError."""
-    from cleanpipe.validation import ParameterError
 
     path = Path(path)
     if path.suffix.lower() not in LABEL_SUFFIXES:
@@ -422,8 +406,6 @@ def write_labels(path: Path, ids: Sequence[str], labels: np.ndarray, class_names
     ``-1`` in every format.
     """
     import io
-
-    from cleanpipe.run import atomic_write_bytes
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -1,12 +1,15 @@
 """Modules imported on first use, so that ``cleanpipe --help`` and the commands that train nothing start fast.
 
-The command line lists every training method's options when it starts (they are fields of the methods'
-options dataclasses); the methods' loss steps need torch only once they run. A method module writes
-``torch = lazy_module("torch")`` instead of ``import torch``.
+The command line imports every stage and registry when it starts (it lists their options and choices);
+torch is needed only once something trains. A module that uses torch writes ``torch = lazy_module("torch")``
+instead of ``import torch`` (and :func:`no_grad` for ``@torch.no_grad()``). Only
+:mod:`cleanpipe.models.nets`, whose classes subclass ``torch.nn.Module``, imports torch at import time; the
+model registry reaches it through ``lazy_module`` too.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -31,3 +34,16 @@ class _LazyModule:
 def lazy_module(name: str) -> ModuleType:
     """``name`` (e.g. ``"torch.nn.functional"``), imported when first used."""
     return _LazyModule(name)  # type: ignore[return-value]
+
+
+def no_grad(fn):
+    """``@torch.no_grad()`` for a function of a module that imports torch lazily (torch is imported at the call)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper

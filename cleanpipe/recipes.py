@@ -18,6 +18,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 
+from cleanpipe.data import SOURCES
+from cleanpipe.engine import TrainConfig
+from cleanpipe.models import MODELS, build_model, check_model
+from cleanpipe.validation import check_choice
+
 
 class DataKind(str, Enum):
     """What the recipes are keyed by (see :func:`data_kind`)."""
@@ -186,6 +191,22 @@ def incv_model(input_shape: tuple[int, ...]) -> str:
     return _sized(r, input_shape, r.incv_model, r.small_incv_model)
 
 
+def network_arguments(model: str, input_shape: tuple[int, ...]) -> dict:
+    """The recipe's arguments of network ``model`` for data of this shape (what ``model.pt`` records)."""
+    width = recipe(input_shape).cnn_width
+    return {"small_cnn": {"width": width}, "small_cnn_wide": {"width": 2 * width}}.get(model, {})
+
+
+def build_network(model: str, input_shape: tuple[int, ...], n_classes: int, *, network: bool = True):
+    """A fresh model of a concrete name with the recipe's arguments: ``(model, arguments)``.
+
+    ``network`` requires a torch network (every trainer but crossval's, which also fits ``logreg``).
+    """
+    check_model(model, input_shape, network=network)
+    arguments = network_arguments(model, input_shape)
+    return build_model(model, input_shape, n_classes, **arguments), arguments
+
+
 @dataclass
 class FitSettings:
     """What a stage trains with: a network name and its recipe. Validated by the engine's rules.
@@ -219,9 +240,6 @@ class FitSettings:
 
     def train_config(self, seed: int, **overrides):
         """The engine's :class:`~cleanpipe.engine.TrainConfig` (flip augmentation implies flip averaging)."""
-        from cleanpipe.engine import TrainConfig
-        from cleanpipe.models import MODELS
-
         base = dict(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                     flip=self.flip, tta_flip=self.flip, compile=self.compile, seed=seed)
         made_for = MODELS[self.model].train if self.model in MODELS else {}  # e.g. airbench's look-ahead
@@ -231,7 +249,7 @@ class FitSettings:
         return asdict(self)
 
 
-STAGES = ("crossval", "train", "incv")
+FIT_STAGES = ("crossval", "train", "incv")  # the trainings a recipe row describes
 
 
 def fit_settings(stage: str, input_shape: tuple[int, ...], *, source: str | None = None, model: str = "auto",
@@ -253,10 +271,7 @@ def fit_settings(stage: str, input_shape: tuple[int, ...], *, source: str | None
     overrides
         Fields of ``cls`` (``epochs``, ``batch_size``, ``lr``, ``seed``, ...); None keeps the recipe's.
     """
-    from cleanpipe.data import SOURCES
-    from cleanpipe.validation import check_choice
-
-    check_choice(stage, "stage", STAGES)
+    check_choice(stage, "stage", FIT_STAGES)
     r = recipe(input_shape)
     fit = r.train if stage == "train" else r.crossval
     if model == "auto":

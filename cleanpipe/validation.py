@@ -8,6 +8,7 @@ parameter to the flag it came from (``--epochs must be at least 1, got 0``) in i
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Iterable
 
 from cleanpipe.errors import CleanpipeError
@@ -22,18 +23,22 @@ class ParameterError(CleanpipeError, ValueError):
         The Python name of the parameter (``forget_rate``); the CLI prints its flag instead.
     problem : str
         What is wrong, to follow the name (``must lie in [0, 1), got 1.5``); where the name belongs
-        elsewhere in the sentence, the problem says ``{name}`` there instead.
+        elsewhere in the sentence, the problem says ``{name}`` there instead. Another parameter it
+        mentions is written ``{kind}`` (its Python name in braces), so that the CLI can show its flag.
     """
 
     def __init__(self, parameter: str, problem: str) -> None:
         self.parameter, self.problem = parameter, " ".join(problem.split())
         super().__init__(self.render(parameter))
 
-    def render(self, name: str) -> str:
-        """The message with the parameter called ``name`` (the CLI passes its flag)."""
-        if "{name}" in self.problem:
-            return self.problem.replace("{name}", name)
-        return f"{name} {self.problem}"
+    def render(self, name: str, flags: dict[str, str] | None = None) -> str:
+        """The message with the parameter called ``name`` and the others it mentions by ``flags`` (the CLI's)."""
+        flags = flags or {}
+        text = self.problem if "{name}" in self.problem else "{name} " + self.problem
+        return _MENTION.sub(lambda m: name if m[1] == "name" else flags.get(m[1], m[1]), text)
+
+
+_MENTION = re.compile(r"\{([a-z_]+)\}")
 
 
 def _fmt(x: float) -> str:
@@ -86,8 +91,6 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 
 def parse_bytes(text: str, name: str) -> int:
     """``"24GB"``, ``"500MiB"``, ``"1.5g"`` or ``"1000000"`` as a number of bytes, else a ParameterError."""
-    import re
-
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:

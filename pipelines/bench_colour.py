@@ -59,7 +59,14 @@ def train_and_score(name: str, X_train, y_train, X_test, y_test, epochs: int, se
                     overrides: dict) -> dict:
     import torch
 
-    from cleanpipe.engine import DeviceData, TrainConfig, device_name, fit, predict_proba, resolve_device
+    from cleanpipe.engine import (
+        DeviceData,
+        TrainConfig,
+        device_name,
+        fit,
+        predict_proba,
+        resolve_device,
+    )
     from cleanpipe.models import MODELS, build_model
 
     name, _, extra = name.partition(":")  # e.g. airbench:label_smoothing=0.2

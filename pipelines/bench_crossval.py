@@ -50,8 +50,8 @@ def f1_of_default_filter(noisy: np.ndarray, true: np.ndarray, pred_probs: np.nda
 
 def skorch_route(X: np.ndarray, noisy: np.ndarray, folds: int, seed: int, device: str) -> tuple[np.ndarray, float]:
     import torch
-    from skorch import NeuralNetClassifier
     from sklearn.model_selection import cross_val_predict
+    from skorch import NeuralNetClassifier
     from torch import nn
 
     class ClassifierModule(nn.Module):

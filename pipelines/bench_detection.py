@@ -65,9 +65,9 @@ def rank_scores(run_dir: Path) -> dict:
     from cleanlab.rank import get_label_quality_scores
 
     from cleanpipe.metrics import error_average_precision, recall_at_k
-    from cleanpipe.run import Run
+    from cleanpipe.rundir import RunDir
 
-    run = Run(run_dir)
+    run = RunDir(run_dir)
     _, ds, _ = run.bind_dataset(None)
     labels, truth, _ = run.training_labels(ds)
     probs = np.load(run.path("crossval", "pred_probs.npy"))
@@ -80,10 +80,10 @@ def rank_scores(run_dir: Path) -> dict:
 
 
 def one_condition(out: Path, ds_name: str, data: Path, noise: str, seed: int) -> dict:
-    from cleanpipe.crossval import run_crossval_stage
-    from cleanpipe.noise import run_noise_stage
-    from cleanpipe.prune import run_prune_stage
-    from cleanpipe.run import Run
+    from cleanpipe.rundir import RunDir
+    from cleanpipe.stages.crossval import run_crossval_stage
+    from cleanpipe.stages.noise import run_noise_stage
+    from cleanpipe.stages.prune import run_prune_stage
 
     kind, rate = noise.split(":")
     root = out / ds_name / f"{kind}_{rate}" / f"seed{seed}"
@@ -92,7 +92,7 @@ def one_condition(out: Path, ds_name: str, data: Path, noise: str, seed: int) ->
 
     def make_noise():
         t = time.perf_counter()
-        stage = run_noise_stage(Run(base), spec=spec_of(ds_name, data), kind=kind, rate=float(rate), seed=seed)
+        stage = run_noise_stage(RunDir(base), spec=spec_of(ds_name, data), kind=kind, rate=float(rate), seed=seed)
         m = stage.manifest["metrics"]
         return {"actual_noise_rate": m["actual_noise_rate"], "n_changed": m["n_changed"], "n": m["n"],
                 "labeler_accuracy": m.get("labeler_accuracy"), "top_confusions": m.get("top_confusions"),
@@ -109,9 +109,9 @@ def one_condition(out: Path, ds_name: str, data: Path, noise: str, seed: int) ->
                 src = root / REUSE[variant].replace(" ", "_") / "crossval" / "shards"
                 shutil.copytree(src, run_dir / "crossval" / "shards")
             t = time.perf_counter()
-            cv = run_crossval_stage(Run(run_dir), seed=seed, **opts)
+            cv = run_crossval_stage(RunDir(run_dir), seed=seed, **opts)
             wall = time.perf_counter() - t
-            pr = run_prune_stage(Run(run_dir))
+            pr = run_prune_stage(RunDir(run_dir))
             return {"crossval_fold_seconds": cv.manifest["metrics"]["fold_seconds_total"],
                     "crossval_wall_seconds": round(wall, 2), "reused": cv.reused,
                     "oof_accuracy_true": cv.manifest["metrics"]["oof_accuracy_true"],
@@ -125,7 +125,7 @@ def one_condition(out: Path, ds_name: str, data: Path, noise: str, seed: int) ->
             shutil.rmtree(run_dir)
         shutil.copytree(base, run_dir)
         t = time.perf_counter()
-        pr = run_prune_stage(Run(run_dir), method="incv", incv={"seed": seed})
+        pr = run_prune_stage(RunDir(run_dir), method="incv", incv={"seed": seed})
         return {**scores(pr.manifest["metrics"]), "seconds": round(time.perf_counter() - t, 2)}
 
     if not skip_incv:

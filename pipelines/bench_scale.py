@@ -137,7 +137,7 @@ def part_stream(work: Path, epochs: int) -> str:
     code = r"""
 import json, sys, time
 import numpy as np, torch
-from cleanpipe.crossval import default_settings, fold_plan, train_fold
+from cleanpipe.detect.crossval import default_settings, fold_plan, train_fold
 from cleanpipe.data import DataSpec, load_dataset
 ds = load_dataset(DataSpec("mnist", path=sys.argv[1], test_fraction=0))
 folds = fold_plan(ds.y_train, 4, 0)

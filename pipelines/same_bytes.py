@@ -44,6 +44,9 @@ METHODS = ["standard", "coteaching", "coteaching-plus", "l2r", "ieg", "noisy-stu
 VOLATILE = ("seconds", "second", "wall", "per_s", "created", "examples_per_second")
 # Manifest parameters renamed on purpose (old name -> new name); their values must still match.
 RENAMED = {"unl_weight": "unlabeled_weight"}
+# model.pt changed on purpose (issue 25): it records its network's builder arguments ("architecture"), as
+# format 2. The added entry must be what the format-1 file implies; every other entry must match.
+MODEL_FORMATS = {"cleanpipe-model-1": "cleanpipe-model-2"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
 
 
@@ -187,6 +190,12 @@ def _compare_file(a: Path, b: Path) -> str | None:
             return None if not bad else f"arrays differ: {bad}"
     if a.suffix == ".pt":
         x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+        if x.get("format") in MODEL_FORMATS and "architecture" not in x and "architecture" in y:
+            from cleanpipe.saved_model import architecture_of
+
+            if y["architecture"] != architecture_of(x):
+                return f"architecture {y['architecture']} is not what the base file implies ({architecture_of(x)})"
+            x = {**x, "format": MODEL_FORMATS[x["format"]], "architecture": y["architecture"]}
         if sorted(x) != sorted(y):
             return f"keys {sorted(x)} vs {sorted(y)}"
         bad = []

@@ -8,6 +8,13 @@ MNIST_DIR = SHARED_DATA / "mnist-test"
 CL_DIR = SHARED_DATA / "cl-cifar10-noise40-sparsity20"
 
 
+def pytest_collection_modifyitems(items):
+    # Every test on the shared MNIST-10k images is an end-to-end run of minutes: part of `slow`.
+    for item in items:
+        if "mnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from cleanpipe.crossval import fold_plan
+from cleanpipe.detect.crossval import fold_plan
 
 
 def test_fold_plan_is_stratified_and_seeded():
@@ -43,7 +43,7 @@ def test_noisy_run_reports_accuracy_against_truth(tmp_path, cli):
 
 
 def test_interrupted_run_resumes_identically(tmp_path, cli, monkeypatch):
-    import cleanpipe.crossval as cv
+    import cleanpipe.stages.crossval as cv
 
     args = ("--dataset", "digits", "--folds", 3, "--epochs", 3, "--seed", 1)
     assert cli("crossval", tmp_path / "whole", *args)[0] == 0
@@ -253,7 +253,7 @@ def test_repeated_run_resumes_byte_identical(tmp_path, cli):
 
 
 def test_ranking_defaults_per_kind_of_data():
-    from cleanpipe.crossval import default_settings
+    from cleanpipe.detect.crossval import default_settings
 
     grey, small = default_settings((1, 28, 28), "mnist"), default_settings((1, 8, 8), "digits")
     colour, table = default_settings((3, 32, 32), "cifar10"), default_settings((13,), "table")

@@ -10,7 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import cleanpipe.engine.loop as loop
-from cleanpipe.engine import Augment, DeviceData, Method, Standard, StrongView, TrainConfig, fit, predict_proba
+from cleanpipe.engine import (
+    Augment,
+    DeviceData,
+    Method,
+    Standard,
+    StrongView,
+    TrainConfig,
+    fit,
+    predict_proba,
+)
 from cleanpipe.engine.data import cutout
 from cleanpipe.engine.loop import cosine_restarts, lr_at
 

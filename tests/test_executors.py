@@ -5,23 +5,24 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from cleanpipe.crossval import run_crossval_stage
 from cleanpipe.data import DataSpec
-from cleanpipe.executors import RayOptions, SlurmOptions
-from cleanpipe.run import Run
+from cleanpipe.executors import RayOptions, SlurmOptions, placement
+from cleanpipe.rundir import RunDir
+from cleanpipe.stages.crossval import run_crossval_stage
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 DIGITS = dict(epochs=1, n_folds=3, seed=0)
 
 
 @pytest.fixture(scope="module")
 def local_bytes(tmp_path_factory) -> bytes:
     """digits' pred_probs.npy from the local executor, one torch thread per fold (the reference)."""
-    run = Run(tmp_path_factory.mktemp("local") / "run")
+    run = RunDir(tmp_path_factory.mktemp("local") / "run")
     run_crossval_stage(run, spec=DataSpec("digits"), threads=1, **DIGITS)
     return run.path("crossval", "pred_probs.npy").read_bytes()
 
@@ -37,9 +38,9 @@ def ray_cleanup():
 
 def test_ray_folds_give_the_same_bytes_as_local(tmp_path, local_bytes, ray_cleanup):
     pytest.importorskip("ray")
-    run = Run(tmp_path / "run")
-    stage = run_crossval_stage(run, spec=DataSpec("digits"), executor="ray",
-                               ray=RayOptions(num_cpus=2, cpus_per_fold=1), **DIGITS)
+    run = RunDir(tmp_path / "run")
+    stage = run_crossval_stage(run, spec=DataSpec("digits"), where=placement("ray", RayOptions(num_cpus=2, cpus_per_task=1)),
+                               **DIGITS)
     assert sorted(stage.trained) == [0, 1, 2]
     assert run.path("crossval", "pred_probs.npy").read_bytes() == local_bytes
 
@@ -61,25 +62,25 @@ def test_a_killed_ray_driver_resumes_without_recomputing_a_finished_fold(tmp_pat
         proc.wait()
     done = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards.glob("fold_*.npz")}
     assert done, "no fold finished before the kill"
-    stage = run_crossval_stage(Run(root), executor="ray", ray=RayOptions(num_cpus=2, cpus_per_fold=1), **DIGITS)
+    stage = run_crossval_stage(RunDir(root), where=placement("ray", RayOptions(num_cpus=2, cpus_per_task=1)), **DIGITS)
     finished = {int(name.split("_")[1].split(".")[0]) for name in done}
     assert set(stage.reused) == finished and not finished & set(stage.trained)  # no finished fold trained again
     for name, (mtime, data) in done.items():
         assert (shards / name).stat().st_mtime_ns == mtime and (shards / name).read_bytes() == data
-    assert Run(root).path("crossval", "pred_probs.npy").read_bytes() == local_bytes
+    assert RunDir(root).path("crossval", "pred_probs.npy").read_bytes() == local_bytes
 
 
 def test_slurm_job_array_through_submitits_local_cluster_waits_or_leaves_combine(tmp_path, local_bytes):
     pytest.importorskip("submitit")
-    run = Run(tmp_path / "run")
-    opts = SlurmOptions(cluster="local", cpus_per_fold=1)
-    run_crossval_stage(run, spec=DataSpec("digits"), executor="slurm", slurm=opts, **DIGITS)
+    run = RunDir(tmp_path / "run")
+    opts = SlurmOptions(cluster="local", cpus_per_task=1)
+    run_crossval_stage(run, spec=DataSpec("digits"), where=placement("slurm", slurm=opts), **DIGITS)
     assert run.path("crossval", "pred_probs.npy").read_bytes() == local_bytes
     assert any(run.path("crossval", "slurm").glob("*/*_log.err"))  # the array's logs are kept
 
-    later = Run(tmp_path / "later")
-    opts.wait = False
-    stage = run_crossval_stage(later, spec=DataSpec("digits"), executor="slurm", slurm=opts, **DIGITS)
+    later = RunDir(tmp_path / "later")
+    stage = run_crossval_stage(later, spec=DataSpec("digits"), where=placement("slurm", slurm=replace(opts, wait=False)),
+                               **DIGITS)
     assert stage.manifest is None and stage.job_id and stage.missing == [0, 1, 2]
     deadline = time.time() + 200
     while len(list(later.path("crossval", "shards").glob("fold_*.npz"))) < 3 and time.time() < deadline:
@@ -92,7 +93,7 @@ def test_streaming_from_host_memory_gives_the_same_pred_probs(tmp_path, local_by
     from cleanpipe.engine import DeviceData
 
     assert DeviceData(np.zeros((10, 1, 8, 8), np.uint8), __import__("torch").device("cpu"), budget=100).streamed
-    run = Run(tmp_path / "run")
+    run = RunDir(tmp_path / "run")
     run_crossval_stage(run, spec=DataSpec("digits"), threads=1, device_memory=1000, **DIGITS)  # 1 kB: streamed
     assert run.path("crossval", "pred_probs.npy").read_bytes() == local_bytes
 
@@ -138,19 +139,19 @@ def test_the_folder_sources_second_load_is_ten_times_faster(tmp_path, monkeypatc
 def test_a_failed_fold_is_reported_and_the_finished_ones_stay(tmp_path, monkeypatch):
     """A fold that fails (after Ray's retry) ends the command with its error; the run and finished shards remain."""
     pytest.importorskip("ray")
-    import cleanpipe.executors as executors
     from cleanpipe.errors import CleanpipeError
+    from cleanpipe.executors import ray_tasks
 
-    def flaky(job, todo, options):  # the driver's side of ray_folds: fold 0 arrives, fold 1 failed twice
-        yield 0, executors.run_fold(job, 0), None
+    def flaky(task, todo, options):  # the driver's side of map_ray: fold 0 arrives, fold 1 failed twice
+        yield 0, task(0), None
         for k in todo[1:]:
             yield k, None, "RuntimeError: CUDA error: out of memory"
 
-    monkeypatch.setattr(executors, "ray_folds", flaky)
-    run = Run(tmp_path / "new-run")
+    monkeypatch.setattr(ray_tasks, "map_ray", flaky)
+    run = RunDir(tmp_path / "new-run")
     with pytest.raises(CleanpipeError, match=r"fold\(s\) 1, 2 failed \(fold 1: RuntimeError: CUDA error: out of memory\); "
                                              r"the 1 finished fold\(s\) are kept"):
-        run_crossval_stage(run, spec=DataSpec("digits"), executor="ray", **DIGITS)
+        run_crossval_stage(run, spec=DataSpec("digits"), where="ray", **DIGITS)
     assert (tmp_path / "new-run" / "dataset.json").is_file()
     assert [p.name for p in run.path("crossval", "shards").glob("fold_*.npz")] == ["fold_0.npz"]
     stage = run_crossval_stage(run, threads=1, **DIGITS)  # re-run: only the missing folds train

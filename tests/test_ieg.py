@@ -8,8 +8,17 @@ from torch import nn
 from torch.func import functional_call
 
 from cleanpipe.engine import DeviceData, TrainConfig, fit
-from cleanpipe.robust.ieg import (IEG, L2R, frozen_batchnorm, logit_norm, meta_gradients, mixup_lambda,
-                                  normalized_weights, sharpen, soft_cross_entropy)
+from cleanpipe.robust.ieg import (
+    IEG,
+    L2R,
+    frozen_batchnorm,
+    logit_norm,
+    meta_gradients,
+    mixup_lambda,
+    normalized_weights,
+    sharpen,
+    soft_cross_entropy,
+)
 
 
 def _problem(seed=0, B=12, K=4):
@@ -193,9 +202,9 @@ def test_ieg_train_stage_writes_example_weights_and_holds_the_probe_out(tmp_path
     assert {"id", "given_label", "mean_weight", "zero_weight_share", "pseudo_label_share", "steps_seen",
             "true_label", "is_true_error"} <= set(weights.columns)
     assert weights.mean_weight.is_monotonic_increasing  # most distrusted first
-    from cleanpipe.run import Run
+    from cleanpipe.rundir import RunDir
 
-    _, dataset, _ = Run(run).bind_dataset(None)
+    _, dataset, _ = RunDir(run).bind_dataset(None)
     assert np.all(dataset.y_train[probe["index"]] == probe.label)  # the probe's labels are the clean ones
     history = pd.read_csv(run / "train" / "history.csv")
     assert {"mean_weight", "pseudo_label_share", "mean_weight_clean", "mean_weight_noisy"} <= set(history.columns)
@@ -222,9 +231,9 @@ def test_probe_labels_from_a_file_and_clear_errors(tmp_path, cli):
     code, _, err = cli("train", run, "--method", "ieg", "--subset", "all", "--epochs", 1, "--device", "cpu")
     assert code == 2 and "--probe-labels" in err and "Traceback" not in err and not (run / "train").exists()
     ds = json.loads((run / "dataset.json").read_text())
-    from cleanpipe.run import Run
+    from cleanpipe.rundir import RunDir
 
-    _, dataset, _ = Run(run).bind_dataset(None)
+    _, dataset, _ = RunDir(run).bind_dataset(None)
     # The hand-checked labels: the digits' own labels of 40 rows of the training split.
     ids = np.random.default_rng(0).choice(len(dataset.y_train), 40, replace=False)
     labels_file = tmp_path / "checked.csv"

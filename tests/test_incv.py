@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from cleanpipe.detect.incv import discard_ratio, incv_select, noise_rate_from_hit_rate, save_best_iterations
+from cleanpipe.detect.incv import (
+    discard_ratio,
+    incv_select,
+    noise_rate_from_hit_rate,
+    save_best_iterations,
+)
 
 
 @pytest.mark.parametrize("eps", [0.2, 0.5, 0.8])

@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from cleanpipe.recipes import fit_settings
-from cleanpipe.robust import (METHODS, CoTeachingOptions, IegOptions, IncvCoTeachingOptions, L2ROptions,
-                              NoisyStudentOptions, NoisyStudentResult, get_method, register, train_model)
+from cleanpipe.robust import (
+    METHODS,
+    CoTeachingOptions,
+    IegOptions,
+    IncvCoTeachingOptions,
+    L2ROptions,
+    NoisyStudentOptions,
+    NoisyStudentResult,
+    get_method,
+    register,
+    train_model,
+)
 from cleanpipe.validation import ParameterError
 
 

@@ -55,7 +55,7 @@ def test_default_maps():
     coarse = [k // 5 for k in range(100)]
     m = default_class_map("cifar100", 100, {"coarse_of_fine": coarse})
     assert m[0] == 1 and m[4] == 0 and all(coarse[a] == coarse[b] for a, b in m.items())
-    with pytest.raises(CleanpipeError, match="--map"):
+    with pytest.raises(CleanpipeError, match="class_map is needed"):  # the parameter's name; the CLI says --map
         default_class_map("table", 3)
 
 
@@ -215,6 +215,10 @@ def test_random_kind_accepts_high_rates_for_many_classes(tmp_path, cli):
     # The rate check for `random` must use the dataset's K (10 here), not a placeholder.
     code, out, err = cli("noise", tmp_path / "r", "--dataset", "digits", "--kind", "random", "--rate", 0.8)
     assert code == 0, err
+    M = np.load(tmp_path / "r" / "noise" / "noise_matrix.npy")
+    assert np.trace(M) == pytest.approx(10 * (1 - 0.8)) and np.allclose(M.sum(axis=0), 1)
+    metrics = json.loads((tmp_path / "r" / "noise" / "manifest.json").read_text())["metrics"]
+    assert abs(metrics["actual_noise_rate"] - metrics["expected_noise_rate"]) < 0.05 and metrics["actual_noise_rate"] > 0.7
 
 
 def test_unwritable_run_directory_is_one_line(tmp_path, cli):

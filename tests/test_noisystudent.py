@@ -7,8 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cleanpipe.robust.noisystudent import (NoisyStudentLoss, balance_copies, balance_targets, decide, soften,
-                                           targets)
+from cleanpipe.robust.noisystudent import (
+    NoisyStudentLoss,
+    balance_copies,
+    balance_targets,
+    decide,
+    soften,
+    targets,
+)
 
 
 def test_temperature_on_probabilities_is_softmax_of_logits_over_t():
@@ -135,7 +141,7 @@ def _digits_prune_run(tmp_path, cli, name="run", rate=0.4):
 
 def test_train_stage_relabels_the_flagged_examples(tmp_path, cli):
     from cleanpipe.labels import read_labels
-    from cleanpipe.run import Run
+    from cleanpipe.rundir import RunDir
 
     run = _digits_prune_run(tmp_path, cli)
     fixed = tmp_path / "fixed.csv"
@@ -164,7 +170,7 @@ def test_train_stage_relabels_the_flagged_examples(tmp_path, cli):
     with np.load(run / "train" / "relabel_probs.npz") as z:  # no pickles
         assert z["student"].shape == (len(rel), 10) and np.allclose(z["teacher"].sum(1), 1, atol=1e-5)
     # The corrected labels read back as a --labels file: relabels applied, everything else as given.
-    _, ds, _ = Run(run).bind_dataset(None)
+    _, ds, _ = RunDir(run).bind_dataset(None)
     corrected = read_labels(fixed, n=len(ds.y_train), ids=ds.ids_train, class_names=ds.class_names)
     given = np.load(run / "noise" / "noisy_labels.npy")
     want = given.copy()
@@ -232,9 +238,9 @@ def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
     import shutil
 
     from cleanpipe.progress import NullProgress
-    from cleanpipe.run import Run
     from cleanpipe.robust import NoisyStudentOptions
-    from cleanpipe.train import run_train_stage
+    from cleanpipe.rundir import RunDir
+    from cleanpipe.stages.train import run_train_stage
 
     a = _digits_prune_run(tmp_path, cli, "a")
     b = tmp_path / "b"
@@ -247,7 +253,7 @@ def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
 
     opts = NoisyStudentOptions(iterations=1)
     with pytest.raises(KeyboardInterrupt):
-        run_train_stage(Run(a), "noisy-student", options=opts, epochs=2, device="cpu", progress=StopAtStudent())
+        run_train_stage(RunDir(a), "noisy-student", options=opts, epochs=2, device="cpu", progress=StopAtStudent())
     assert not (a / "train" / "manifest.json").exists() and list((a / "train" / "resume").glob("*.done.pt"))
     started = []
 
@@ -255,9 +261,9 @@ def test_an_interrupted_run_resumes_from_its_finished_teacher(tmp_path, cli):
         def start(self, label, total, level=0):
             started.append(label)
 
-    run_train_stage(Run(a), "noisy-student", options=opts, epochs=2, device="cpu", progress=Watch())
+    run_train_stage(RunDir(a), "noisy-student", options=opts, epochs=2, device="cpu", progress=Watch())
     assert started == ["student 1/1 epochs"]  # the teacher was not trained again
-    run_train_stage(Run(b), "noisy-student", options=opts, epochs=2, device="cpu")
+    run_train_stage(RunDir(b), "noisy-student", options=opts, epochs=2, device="cpu")
     assert (a / "train" / "relabel.csv").read_bytes() == (b / "train" / "relabel.csv").read_bytes()
     assert not (a / "train" / "resume").exists()  # the finished stage keeps no resume state
     assert cli("report", a)[0] == 0  # the report plots the teacher's and the student's epochs end to end

@@ -92,10 +92,10 @@ def test_run_on_your_own_table_adds_no_noise_and_says_so(tmp_path, cli, cancer_c
 
 
 def test_demo_data_still_gets_its_benchmark_noise(tmp_path):
-    from cleanpipe.pipeline import default_noise
-    from cleanpipe.run import Run
+    from cleanpipe.rundir import RunDir
+    from cleanpipe.stages.pipeline import default_noise
 
-    run = Run(tmp_path / "r")
+    run = RunDir(tmp_path / "r")
     assert default_noise(run, DataSpec("digits"), None, None) == ("symmetric", 0.4)
     assert default_noise(run, DataSpec("digits", labels="mine.csv"), None, None) == ("none", 0.0)
     assert default_noise(run, DataSpec("npz", path="x.npz"), None, None) == ("none", 0.0)

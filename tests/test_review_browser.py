@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 def _open(browser, page: Path, timeout: float = 20.0) -> float:
@@ -130,8 +130,8 @@ def test_awkward_ids_and_class_names_survive_the_page_and_the_export_and_undo_ta
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from cleanpipe.corrections import read_corrections
-    from cleanpipe.review import image_thumbnails, page_html
+    from cleanpipe.stages.apply import read_corrections
+    from cleanpipe.stages.review import image_thumbnails, page_html
 
     classes = ["cat, big", 'dog "pup"', "</script><!--", "ünïcode"]
     ids = ["a,b.png", 'say "hi".png', "</script><script>alert(1)</script>", "dir/ñ é.png", "<!--x"]

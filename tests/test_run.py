@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run
+from cleanpipe.rundir import RunDir
 
 
 def _write(run, stage, value, inputs=()):
@@ -18,7 +18,7 @@ def _write(run, stage, value, inputs=()):
 
 
 def test_stage_is_swapped_in_whole(tmp_path):
-    run = Run(tmp_path / "r")
+    run = RunDir(tmp_path / "r")
     _write(run, "noise", 1)
     with pytest.raises(RuntimeError):
         with run.write_stage("noise") as w:
@@ -29,7 +29,7 @@ def test_stage_is_swapped_in_whole(tmp_path):
 
 
 def test_transaction_removes_a_run_it_created(tmp_path):
-    run = Run(tmp_path / "new")
+    run = RunDir(tmp_path / "new")
     with pytest.raises(CleanpipeError):
         with run.transaction():
             _write(run, "noise", 1)
@@ -38,7 +38,7 @@ def test_transaction_removes_a_run_it_created(tmp_path):
 
 
 def test_require_detects_edits_and_stale_inputs(tmp_path):
-    run = Run(tmp_path / "r")
+    run = RunDir(tmp_path / "r")
     with pytest.raises(CleanpipeError, match="no crossval stage yet"):
         run.require("crossval")
     _write(run, "noise", 1)
@@ -55,7 +55,7 @@ def test_require_detects_edits_and_stale_inputs(tmp_path):
 
 
 def test_manifest_contents(tmp_path):
-    run = Run(tmp_path / "r")
+    run = RunDir(tmp_path / "r")
     _write(run, "noise", 1)
     man = json.loads(run.path("noise", "manifest.json").read_text())
     for key in ("stage", "cleanpipe_version", "parameters", "inputs", "outputs", "metrics", "wall_time_s", "device"):
@@ -64,17 +64,17 @@ def test_manifest_contents(tmp_path):
 
 
 def test_interrupted_swap_is_recovered(tmp_path):
-    run = Run(tmp_path / "r")
+    run = RunDir(tmp_path / "r")
     _write(run, "noise", 1)
     (run.root / "noise").rename(run.root / ".noise.old")  # as if killed between the two renames
     (run.root / ".crossval.partial").mkdir()
-    run = Run(run.root)
+    run = RunDir(run.root)
     assert np.load(run.path("noise", "a.npy"))[0] == 1
     assert not (run.root / ".crossval.partial").exists()
 
 
 def test_corrupt_manifest_is_a_clear_error(tmp_path):
-    run = Run(tmp_path / "r")
+    run = RunDir(tmp_path / "r")
     _write(run, "noise", 1)
     run.path("noise", "manifest.json").write_text("{not json")
     with pytest.raises(CleanpipeError, match="corrupt JSON"):
@@ -85,4 +85,4 @@ def test_run_path_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(CleanpipeError, match="is a file"):
-        Run(f)
+        RunDir(f)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cleanpipe.detect.incv import closed_form, measured_held_out, predicted_held_out
+from cleanpipe.detect.theory import closed_form, measured_held_out, predicted_held_out
 from cleanpipe.noise import noise_matrix
 
 
@@ -78,7 +78,11 @@ def test_a_class_missing_from_the_held_out_half_is_not_counted_as_a_mismatch():
     T = noise_matrix("symmetric", 3, 0.4).T
     measured, confusion = measured_held_out(np.array([0, 1, 1]), np.array([0, 1, 0]), np.array([0, 1, 1]), 3)
     assert np.isnan(confusion[2]).all() and np.allclose(confusion[:2].sum(1), 1)
-    assert np.nanmax(np.abs(confusion - T)) <= 1.0
+    assert np.array_equal(confusion[:2], [[1, 0, 0], [0, 1, 0]])
+    # the missing class's NaN row is left out of the largest |M - T| cell: 1 - 0.6 on the diagonal, not NaN
+    assert np.nanmax(np.abs(confusion - T)) == pytest.approx(0.4)
+    assert measured == pytest.approx({"noisy_accuracy": 2 / 3, "label_precision": 1.0, "label_recall": 1.0,
+                                      "clean_accuracy": 1.0})
 
 
 def test_theory_rejects_bad_epochs_and_non_networks(tmp_path, cli):

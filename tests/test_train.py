@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from cleanpipe.engine import Step
-from cleanpipe.robust.coteaching import CoTeaching, CoTeachingOptions, CoTeachingPlus, IncvCoTeaching, incv_forget_rate
+from cleanpipe.robust.coteaching import (
+    CoTeaching,
+    CoTeachingOptions,
+    CoTeachingPlus,
+    IncvCoTeaching,
+    incv_forget_rate,
+)
 
 
 def _step(nets, n=32, k=4, seed=0):

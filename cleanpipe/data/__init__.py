@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cleanpipe.data import cifar, digits, folder, mnist, npz, table
 from cleanpipe.data.base import Dataset, index_ids, stratified_split
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.labels import EXCLUDED, read_labels, test_split_conflicts
+from cleanpipe.validation import check_number
 
 __all__ = ["Dataset", "DataSpec", "SOURCES", "Source", "load_dataset", "index_ids", "stratified_split"]
 
@@ -50,6 +53,13 @@ class DataSpec:
     label_column: str = "label"
     labels: str | None = None
 
+    def __post_init__(self) -> None:  # the boundary: a spec names a known source and a usable size
+        if self.source not in SOURCES:
+            raise CleanpipeError(
+                f"unknown dataset {self.source!r}; choose one of {', '.join(SOURCES)} (see `cleanpipe datasets`)"
+            )
+        check_number(self.image_size, "image_size", low=4)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -74,44 +84,34 @@ class Source:
     natural_images: bool = False
 
 
-def _lazy(module: str) -> Callable[[DataSpec], Dataset]:
-    # Import a source's module only when it is used (PIL, pyarrow, sklearn's loaders).
-    def load(spec: DataSpec) -> Dataset:
-        from importlib import import_module
-
-        return import_module(f"cleanpipe.data.{module}").load(spec)
-
-    return load
-
-
 SOURCES: dict[str, Source] = {
     "digits": Source(
-        _lazy("digits"), False,
+        digits.load, False,
         "scikit-learn's 8x8 handwritten digits (1,797 images), embedded: the default",
         "no --data needed",
         ("--test-fraction", "--split-seed"),
     ),
     "mnist": Source(
-        _lazy("mnist"), True,
+        mnist.load, True,
         "MNIST / Fashion-MNIST IDX files (gzipped or not)",
         "--data DIR holding t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] and/or the train-* pair; "
         "with both pairs the official split is used, otherwise a stratified hold-out",
         ("--test-fraction", "--split-seed"),
     ),
     "cifar10": Source(
-        _lazy("cifar"), True,
+        cifar.load, True,
         "CIFAR-10, python pickle batches",
         "--data DIR = cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta)",
         natural_images=True,
     ),
     "cifar100": Source(
-        _lazy("cifar"), True,
+        cifar.load, True,
         "CIFAR-100 (fine labels), python pickle batches",
         "--data DIR = cifar-100-python (train, test, meta)",
         natural_images=True,
     ),
     "folder": Source(
-        _lazy("folder"), True,
+        folder.load, True,
         "an image folder with one sub-folder per class; IDs are relative paths",
         "--data DIR with DIR/<class>/<image> (or DIR/train/<class>/... and DIR/test/<class>/...); "
         "images are resized to --image-size",
@@ -119,13 +119,13 @@ SOURCES: dict[str, Source] = {
         natural_images=True,
     ),
     "table": Source(
-        _lazy("table"), True,
+        table.load, True,
         "a CSV or Parquet table with numeric feature columns",
         "--data FILE.csv|FILE.parquet with --label-column NAME (default 'label'); string labels keep their names",
         ("--label-column", "--test-fraction", "--split-seed"),
     ),
     "npz": Source(
-        _lazy("npz"), True,
+        npz.load, True,
         "a NumPy .npz archive of arrays X and y (optionally X_test, y_test, class_names)",
         "--data FILE.npz; X as uint8 N x C x H x W (or N x H x W) images or N x D features",
         ("--test-fraction", "--split-seed"),
@@ -141,11 +141,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
     CleanpipeError
         Unknown source, missing or unreadable data, or a labels file that does not fit.
     """
-    if spec.source not in SOURCES:
-        raise CleanpipeError(
-            f"unknown dataset {spec.source!r}; choose one of {', '.join(SOURCES)} (see `cleanpipe datasets`)"
-        )
-    src = SOURCES[spec.source]
+    src = SOURCES[spec.source]  # a DataSpec names a known source
     if src.needs_path:
         if not spec.path:
             raise CleanpipeError(f"dataset {spec.source!r} needs --data: {src.layout}")
@@ -158,8 +154,6 @@ def load_dataset(spec: DataSpec) -> Dataset:
     except (OSError, ValueError, KeyError, EOFError, IndexError) as e:
         raise CleanpipeError(f"could not read {spec.source} data at {spec.path}: {e}") from None
     if spec.labels:
-        from cleanpipe.labels import EXCLUDED, read_labels, test_split_conflicts
-
         labels = read_labels(
             Path(spec.labels), n=len(ds.y_train), ids=ds.ids_train, class_names=ds.class_names, allow_excluded=True
         )

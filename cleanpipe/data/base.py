@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError
 
 
 @dataclass
@@ -109,8 +110,8 @@ def stratified_split(
     test arrays are empty, shaped ``(0, *X.shape[1:])``.
     """
     if not 0.0 <= test_fraction < 1.0:
-        raise CleanpipeError(
-            f"--test-fraction must be at least 0 (0: no test split, every example checked) and below 1, got {test_fraction}"
+        raise ParameterError(
+            "test_fraction", f"must be at least 0 (0: no test split, every example checked) and below 1, got {test_fraction}"
         )
     if test_fraction == 0.0:
         none = np.arange(0)
@@ -125,8 +126,8 @@ def stratified_split(
     present = int(np.count_nonzero(counts))
     if n_test < present or len(y) - n_test < present:
         part, size = ("test", n_test) if n_test < present else ("training", len(y) - n_test)
-        raise CleanpipeError(
-            f"cannot split {len(y)} examples with --test-fraction {test_fraction}: the {part} part ({size}) would be "
+        raise ParameterError(
+            "test_fraction", f"cannot split {len(y)} examples with {{name}} {test_fraction}: the {part} part ({size}) would be "
             f"smaller than the number of classes ({present}); choose a fraction between "
             f"{present / len(y):.3g} and {1 - present / len(y):.3g}, or 0 to check every example")
     rng = np.random.default_rng(seed)

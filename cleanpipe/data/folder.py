@@ -20,6 +20,7 @@ import numpy as np
 
 from cleanpipe.data.base import Dataset, stratified_split
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.files import atomic_write_bytes
 
 # Pillow modes that hold one grey channel; anything else is read as RGB.
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -51,8 +52,8 @@ def load(spec) -> Dataset:
         raise CleanpipeError(f"--data {root}: no class sub-folders; expected {root}/<class name>/<image>")
     classes = [d.name for d in top]
     files, y, skipped = _scan(root, root, classes)
-    X = _read_images(files, spec.image_size)
-    ids = _rel(files, root)
+    X = read_images(files, spec.image_size)
+    ids = relative_ids(files, root)
     Xtr, ytr, idtr, Xte, yte, idte = stratified_split(X, y, ids, test_fraction=spec.test_fraction, seed=spec.split_seed)
     return Dataset(Xtr, ytr, Xte, yte, idtr, idte, classes, "folder", {"split": "holdout", "skipped_files": skipped})
 
@@ -66,9 +67,9 @@ def _load_split(root: Path, size: int) -> Dataset:
     fte, yte, s2 = _scan(root / "test", root, classes, allow_empty=True)
     if not fte:
         raise CleanpipeError(f"--data {root}: test/ holds no images")
-    X = _read_images(ftr + fte, size)  # one pass, so train and test share the channel count
+    X = read_images(ftr + fte, size)  # one pass, so train and test share the channel count
     return Dataset(
-        X[: len(ftr)], ytr, X[len(ftr):], yte, _rel(ftr, root), _rel(fte, root),
+        X[: len(ftr)], ytr, X[len(ftr):], yte, relative_ids(ftr, root), relative_ids(fte, root),
         classes, "folder", {"split": "official", "skipped_files": s1 + s2},
     )
 
@@ -79,13 +80,13 @@ def _subdirs(path: Path) -> list[Path]:
 
 def _scan(base: Path, root: Path, classes: list[str], allow_empty: bool = False) -> tuple[list[Path], np.ndarray, int]:
     """Image files under ``base/<class>/`` in sorted order, their labels int64 (N,), and the skip count."""
-    extensions = _image_extensions()
+    extensions = image_extensions()
     files: list[Path] = []
     labels: list[int] = []
     skipped = 0
     for k, name in enumerate(classes):
         found = []
-        for f in _walk(base / name):
+        for f in walk_files(base / name):
             if f.suffix.lower() in extensions:
                 found.append(f)
             else:
@@ -97,7 +98,7 @@ def _scan(base: Path, root: Path, classes: list[str], allow_empty: bool = False)
     return files, np.asarray(labels, dtype=np.int64), skipped
 
 
-def _walk(folder: Path) -> list[Path]:
+def walk_files(folder: Path) -> list[Path]:
     # os.walk with sorted, non-hidden entries: the order (and so the IDs' order) is deterministic.
     if not folder.is_dir():
         return []
@@ -108,7 +109,7 @@ def _walk(folder: Path) -> list[Path]:
     return sorted(out)
 
 
-def _image_extensions() -> set[str]:
+def image_extensions() -> set[str]:
     from PIL import Image
 
     return {ext.lower() for ext in Image.registered_extensions()}
@@ -132,7 +133,7 @@ def _cache_key(files: list[Path], size: int) -> str:
     return h.hexdigest()
 
 
-def _read_images(files: list[Path], size: int) -> np.ndarray:
+def read_images(files: list[Path], size: int) -> np.ndarray:
     """uint8 (N, C, size, size): C = 1 if every image is greyscale, else 3 (grey ones replicated).
 
     Decoded once, in parallel, then kept as a ``.npy`` in :func:`cache_dir` keyed by the file list and
@@ -148,7 +149,6 @@ def _read_images(files: list[Path], size: int) -> np.ndarray:
     X = _decode_images(files, size)
     if cached is not None:
         try:
-            from cleanpipe.run import atomic_write_bytes
             import io
 
             buf = io.BytesIO()
@@ -187,7 +187,7 @@ def _decode_images(files: list[Path], size: int) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def _rel(files: list[Path], root: Path) -> np.ndarray:
+def relative_ids(files: list[Path], root: Path) -> np.ndarray:
     prefix = str(root).rstrip(os.sep) + os.sep
     names = [str(f) for f in files]
     if all(n.startswith(prefix) for n in names):  # the usual case, without pathlib's per-file parsing

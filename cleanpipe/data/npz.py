@@ -78,13 +78,13 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 
 def _pair(arrays: dict, xkey: str, ykey: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    X, y = _features(arrays[xkey], path, xkey), _labels(arrays[ykey], path, ykey)
+    X, y = image_or_feature_array(arrays[xkey], path, xkey), _labels(arrays[ykey], path, ykey)
     if len(X) != len(y):
         raise CleanpipeError(f"{path}: {xkey} has {len(X)} rows but {ykey} has {len(y)} labels")
     return X, y
 
 
-def _features(X: np.ndarray, path: Path, name: str) -> np.ndarray:
+def image_or_feature_array(X: np.ndarray, path: Path, name: str) -> np.ndarray:
     """uint8 (N, C, H, W) images or float32 (N, D) features."""
     if X.dtype == np.uint8 and X.ndim == 3:
         return X[:, None]

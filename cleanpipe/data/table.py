@@ -37,7 +37,7 @@ def load(spec) -> Dataset:
         row = int(np.flatnonzero(labels.isna().to_numpy())[0])
         raise CleanpipeError(f"{path}: {int(labels.isna().sum())} rows have no {col!r} (first: row {row}); drop or fill them")
     features = df.drop(columns=[col])
-    X = _features(features, path, col)
+    X = feature_array(features, path, col)
     y, names = encode_labels(labels.to_numpy())
     Xtr, ytr, idtr, Xte, yte, idte = stratified_split(
         X, y, index_ids(len(y)), test_fraction=spec.test_fraction, seed=spec.split_seed
@@ -61,7 +61,7 @@ def read_table(path: Path):
         raise CleanpipeError(f"{path}: not a readable {suffix[1:]} table ({type(e).__name__}: {e})") from None
 
 
-def _features(features, path: Path, label_col: str) -> np.ndarray:
+def feature_array(features, path: Path, label_col: str) -> np.ndarray:
     """float32 (N, D) from all-numeric, fully present columns."""
     import pandas as pd
 

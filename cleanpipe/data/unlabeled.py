@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanpipe.data.folder import (
+    image_extensions,
+    read_images,
+    relative_ids,
+    walk_files,
+)
+from cleanpipe.data.npz import image_or_feature_array
+from cleanpipe.data.table import feature_array, read_table
 from cleanpipe.errors import CleanpipeError
-
 
 KINDS = ("folder", "npz", "table")  # what load_unlabeled reads; None: by the path (a folder, .npz, .csv/.parquet)
 
@@ -62,7 +69,6 @@ def load_unlabeled(path: Path, ds, image_size: int = 32, *, kind: str | None = N
 
 
 def _npz(path: Path, flag: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    from cleanpipe.data.npz import _features
 
     if not zipfile.is_zipfile(path):
         raise CleanpipeError(f"{flag} {path}: not an .npz archive; write one with np.savez(path, X=...)")
@@ -76,7 +82,7 @@ def _npz(path: Path, flag: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
         raise CleanpipeError(f"{flag} {path}: not a readable .npz archive of plain arrays ({e})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise CleanpipeError(f"{flag} {path}: not a readable .npz archive ({e})") from None
-    X = _features(X, path, "X")
+    X = image_or_feature_array(X, path, "X")
     if ids is None:
         ids = np.char.add(prefix, np.arange(len(X)).astype(str))
     elif ids.ndim != 1 or len(ids) != len(X) or ids.dtype.kind not in "USiu":
@@ -85,7 +91,6 @@ def _npz(path: Path, flag: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _table(path: Path, ds, flag: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    from cleanpipe.data.table import _features, read_table
 
     names = ds.meta.get("feature_names")
     if ds.is_image or not names:
@@ -95,21 +100,20 @@ def _table(path: Path, ds, flag: str, prefix: str) -> tuple[np.ndarray, np.ndarr
     if missing:
         raise CleanpipeError(f"{flag} {path}: lacks the run's feature column(s) {', '.join(missing[:5])}")
     df.columns = [str(c) for c in df.columns]
-    X = _features(df[names], path, "label")
+    X = feature_array(df[names], path, "label")
     return X, np.char.add(prefix, np.arange(len(X)).astype(str))
 
 
 def _folder(path: Path, ds, image_size: int, flag: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    from cleanpipe.data.folder import _image_extensions, _read_images, _rel, _walk
 
     if not ds.is_image:
         raise CleanpipeError(f"{flag} {path}: a folder of images fits only an image run; give a .csv/.parquet table")
-    exts = _image_extensions()
-    files = [f for f in _walk(path) if f.suffix.lower() in exts]
+    exts = image_extensions()
+    files = [f for f in walk_files(path) if f.suffix.lower() in exts]
     if not files:
         raise CleanpipeError(f"{flag} {path}: no images in the folder")
-    X = _read_images(files, image_size)
+    X = read_images(files, image_size)
     C = ds.input_shape[0]
     if X.shape[1] != C:  # grey folder for a colour run, or the other way round
         X = np.repeat(X, 3, axis=1) if C == 3 else X.mean(axis=1, keepdims=True).round().astype(np.uint8)
-    return X, np.char.add(prefix, _rel(files, path))
+    return X, np.char.add(prefix, relative_ids(files, path))

@@ -18,6 +18,7 @@ plus cleanlab's ``low_normalized_margin`` and ``low_self_confidence``.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError, check_choice, check_number
 
 FILTERS = (
     "prune_by_noise_rate",
@@ -187,18 +189,16 @@ def find_issues(
     from cleanlab.rank import get_label_quality_scores
 
     method = canonical_method(method)
-    if rank_by not in RANK_BY:
-        raise CleanpipeError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
-    if not 0.0 < frac_noise <= 1.0:
-        raise CleanpipeError(f"--frac-noise must lie in (0, 1], got {frac_noise}")
+    check_choice(rank_by, "rank_by", RANK_BY)
+    check_number(frac_noise, "frac_noise", low=0, high=1, low_open=True)
     K = pred_probs.shape[1]
     if frac_noise != 1.0 and method not in _COUNTED:
-        raise CleanpipeError(f"--frac-noise applies only to {', '.join(_COUNTED)}, not {method}")
+        raise ParameterError("frac_noise", f"applies only to {', '.join(_COUNTED)}, not {method}")
     if num_to_remove_per_class is not None:
         if method not in _COUNTED:
-            raise CleanpipeError(f"--num-to-remove-per-class applies only to {', '.join(_COUNTED)}, not {method}")
+            raise ParameterError("num_to_remove_per_class", f"applies only to {', '.join(_COUNTED)}, not {method}")
         if len(num_to_remove_per_class) != K or min(num_to_remove_per_class) < 0:
-            raise CleanpipeError(f"--num-to-remove-per-class needs {K} non-negative counts, one per class")
+            raise ParameterError("num_to_remove_per_class", f"needs {K} non-negative counts, one per class")
     from cleanlab.count import estimate_latent
 
     with warnings.catch_warnings():
@@ -206,7 +206,7 @@ def find_issues(
         # One calibrated confident joint serves the mask, the noise matrix and the joint (cleanlab would
         # compute it three times); with the same defaults as find_label_issues and estimate_py_and_noise...
         cj = confident_joint(labels, pred_probs)
-        if method in _COUNTED and _LOW_MEMORY:
+        if method in _COUNTED and low_memory_route():
             mask = _counted_issues(labels, pred_probs, method, cj, frac_noise, num_to_remove_per_class)
         else:
             mask = cleanlab.filter.find_label_issues(
@@ -259,7 +259,10 @@ def confident_joint(labels: np.ndarray, pred_probs: np.ndarray, chunk: int = RED
     return calibrate_confident_joint(cj, labels)
 
 
-def _has_low_memory_route() -> bool:
+@functools.cache
+def low_memory_route() -> bool:
+    """The installed cleanlab has the per-class steps the low-memory route relies on (else cleanlab's
+    ``find_label_issues``, which copies pred_probs by class); asked once, when prune first runs."""
     try:
         import cleanlab.count
         import cleanlab.filter
@@ -269,7 +272,6 @@ def _has_low_memory_route() -> bool:
         and hasattr(cleanlab.count, "_reduce_issues") and hasattr(cleanlab.filter, "round_preserving_row_totals")
 
 
-_LOW_MEMORY = _has_low_memory_route()  # else cleanlab's find_label_issues, which copies pred_probs by class
 REDUCE_CHUNK = 65_536  # rows per step of the final "prediction agrees with the label" check
 
 

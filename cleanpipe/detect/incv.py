@@ -30,8 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cleanpipe.errors import CleanpipeError
+from cleanpipe.detect.crossval import fit_held_out
+from cleanpipe.lazy import lazy_module
+from cleanpipe.progress import NullProgress
+from cleanpipe.recipes import build_network, fit_settings
 from cleanpipe.validation import check_number
+
+torch = lazy_module("torch")
 
 
 def noise_rate_from_hit_rate(hit_rate: float, n_classes: int, top_k: int = 1) -> float:
@@ -91,7 +96,6 @@ def incv_settings(input_shape: tuple[int, ...], source: str | None = None, model
                   epochs: int | None = None, seed: int = 0):
     """The network and recipe of INCV's models and of the theory check: crossval's recipe with INCV's
     network (``cleanpipe.recipes.incv_model``) for ``epochs`` (default :data:`FIT_EPOCHS`)."""
-    from cleanpipe.recipes import fit_settings
 
     return fit_settings("incv", input_shape, source=source, model=model,
                         epochs=FIT_EPOCHS if epochs is None else epochs, seed=seed)
@@ -120,7 +124,7 @@ def train_and_score(
     keep_best: bool = False,
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit a fresh network to ``labels[train_rows]`` and score ``held_rows``.
+    """Fit a fresh network to ``labels[train_rows]`` the way INCV's theory assumes and score ``held_rows``.
 
     Parameters
     ----------
@@ -144,38 +148,20 @@ def train_and_score(
     last : np.ndarray
         float32 (len(held_rows), K) of the last epoch.
     """
-    import torch
-
-    from cleanpipe.engine import DeviceData, fit, predict_proba, resolve_device
-    from cleanpipe.models import build_model
-    from cleanpipe.progress import NullProgress
-
     progress = progress or NullProgress()
     cfg = fitting_config(settings)
-    torch.manual_seed(settings.seed)  # the initial weights, unless given
-    net = build_model(settings.model, tuple(X.shape[1:]), n_classes)
-    if not isinstance(net, torch.nn.Module):
-        raise CleanpipeError(f"{settings.model} is not a network; INCV and the theory check train networks (e.g. mlp)")
-    if init_state is not None:
-        net.load_state_dict(init_state)
-    data = DeviceData(X, resolve_device(device), fit_rows=train_rows)
-    best = {"acc": -1.0, "state": None}
+    best = {"acc": -1.0, "probs": None}
 
-    def after_epoch(epoch: int, nets) -> None:
-        if keep_best:
-            p = predict_proba(nets, data, held_rows, cfg)
-            acc = float(np.mean(p.argmax(1) == labels[held_rows]))
-            if acc > best["acc"]:
-                best["acc"], best["state"] = acc, {k: v.detach().clone() for k, v in nets[0].state_dict().items()}
+    def each_epoch(epoch: int, probs: np.ndarray) -> None:
+        acc = float(np.mean(probs.argmax(1) == labels[held_rows]))
+        if acc > best["acc"]:
+            best["acc"], best["probs"] = acc, probs
 
     progress.start("epochs", cfg.epochs, level=1)
-    nets = fit(net, data, labels, train_rows, cfg, after_epoch=after_epoch,
-               on_epoch=lambda e, m: progress.advance(1, completed=e + 1))
-    last = predict_proba(nets, data, held_rows, cfg)
-    if keep_best and best["state"] is not None:
-        nets[0].load_state_dict(best["state"])
-        return predict_proba(nets, data, held_rows, cfg), last
-    return last, last
+    last = fit_held_out(X, labels, train_rows, held_rows, settings, n_classes, seed=settings.seed, cfg=cfg,
+                        device=device, init_state=init_state, network=True, each_epoch=each_epoch if keep_best else None,
+                        on_epoch=lambda e, m: progress.advance(1, completed=e + 1)).probs
+    return (best["probs"] if keep_best and best["probs"] is not None else last), last
 
 
 def incv_select(
@@ -208,20 +194,13 @@ def incv_select(
     true_labels : np.ndarray, optional
         int64 (N,): only for reporting label precision/recall per iteration.
     """
-    import torch
-
-    from cleanpipe.models import build_model
-    from cleanpipe.progress import NullProgress
-
     check_number(iterations, "iterations", low=1)
     progress = progress or NullProgress()
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
-    init = build_model(settings.model, tuple(X.shape[1:]), n_classes)
-    if not isinstance(init, torch.nn.Module):
-        raise CleanpipeError(f"{settings.model} is not a network; INCV and the theory check train networks (e.g. mlp)")
+    init, _ = build_network(settings.model, tuple(X.shape[1:]), n_classes)
     init_state = {k: v.clone() for k, v in init.state_dict().items()}  # every model starts here
 
     select = np.zeros(n, dtype=bool)
@@ -278,87 +257,3 @@ def incv_select(
     if not symmetric:
         discarded[:] = False
     return IncvResult(select, candidate, discarded, float(eps if eps is not None else 0.0), last_probs, history)
-
-
-# ---- the paper's theory (Chen et al. 2019, section 3) ----------------------------------------------------------
-
-
-def predicted_held_out(transition: np.ndarray, class_prior: np.ndarray) -> dict:
-    """What INCV's theory predicts for a network trained on noisy labels and scored on unseen data.
-
-    The assumption (Chen et al. 2019, section 3): the network's prediction ŷ follows the
-    noise, ``P(ŷ = j | y* = i) = T[i, j]``, independently of the example's noisy label ỹ.
-
-    Parameters
-    ----------
-    transition : np.ndarray
-        float (K, K), row-stochastic: ``T[i, j] = P(ỹ = j | y* = i)`` (the transpose of
-        ``noise/noise_matrix.npy``).
-    class_prior : np.ndarray
-        float (K,): ``P(y* = i)``.
-
-    Returns
-    -------
-    dict
-        ``noisy_accuracy`` P(ŷ = ỹ) = Σ_i π_i Σ_j T_ij²; ``label_precision`` P(ỹ = y* | ŷ = ỹ);
-        ``label_recall`` P(ŷ = ỹ | ỹ = y*); ``clean_accuracy`` P(ŷ = y*) = Σ_i π_i T_ii. For
-        symmetric noise these are the paper's closed forms (1-ε)² + ε²/(c-1), (1-ε)²/that, 1-ε, 1-ε;
-        for pair-flip (1-ε)² + ε², (1-ε)²/that, 1-ε, 1-ε.
-    """
-    T = np.asarray(transition, dtype=np.float64)
-    pi = np.asarray(class_prior, dtype=np.float64) / np.sum(class_prior)
-    diag = np.diag(T)
-    hit = float(pi @ (T**2).sum(axis=1))
-    hit_and_clean = float(pi @ diag**2)
-    clean = float(pi @ diag)
-    return {
-        "noisy_accuracy": hit,
-        "label_precision": hit_and_clean / hit if hit > 0 else 0.0,
-        "label_recall": hit_and_clean / clean if clean > 0 else 0.0,
-        "clean_accuracy": clean,
-    }
-
-
-def closed_form(kind: str, rate: float, n_classes: int) -> dict | None:
-    """The paper's closed forms (Chen et al. 2019, section 3) for ``symmetric`` and ``pairflip`` noise of rate ε; None otherwise."""
-    e, c = float(rate), n_classes
-    if kind == "symmetric":
-        hit = (1 - e) ** 2 + e**2 / (c - 1)
-    elif kind == "pairflip":
-        hit = (1 - e) ** 2 + e**2
-    else:
-        return None
-    return {"noisy_accuracy": hit, "label_precision": (1 - e) ** 2 / hit if hit > 0 else 0.0,
-            "label_recall": 1 - e, "clean_accuracy": 1 - e}
-
-
-def measured_held_out(predicted: np.ndarray, noisy: np.ndarray, true: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
-    """The same four numbers measured on held-out examples, and their confusion matrix.
-
-    Parameters
-    ----------
-    predicted, noisy, true : np.ndarray
-        int (n,): the network's top-1 prediction, the noisy label and the true label.
-
-    Returns
-    -------
-    metrics : dict
-        As :func:`predicted_held_out` (Sel = {ŷ = ỹ}; LR over the clean examples of the pool).
-    confusion : np.ndarray
-        float64 (K, K), row-normalised: ``M[i, j]`` = share of true class ``i`` predicted as ``j``
-        (NaN rows for classes with no example); the theory says ``M ≈ T``.
-    """
-    predicted, noisy, true = (np.asarray(a, dtype=np.int64) for a in (predicted, noisy, true))
-    hit = predicted == noisy
-    clean = noisy == true
-    counts = np.zeros((n_classes, n_classes))
-    np.add.at(counts, (true, predicted), 1)
-    with np.errstate(invalid="ignore"):  # a class with no held-out example gets a row of NaN, not of zeros
-        confusion = counts / counts.sum(axis=1, keepdims=True)
-    metrics = {
-        "noisy_accuracy": float(hit.mean()),
-        "label_precision": float(clean[hit].mean()) if hit.any() else 0.0,
-        "label_recall": float((hit & clean).sum() / max(clean.sum(), 1)),
-        "clean_accuracy": float((predicted == true).mean()),
-    }
-    return metrics, confusion

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from cleanpipe.lazy import lazy_module
+
+torch = lazy_module("torch")
 
 
 STREAM_SHARE = 0.5  # of the free CUDA memory the dataset may take before it is streamed from host memory

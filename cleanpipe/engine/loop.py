@@ -14,19 +14,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from cleanpipe.engine.data import Augment, DeviceData
 from cleanpipe.engine.method import Method, Standard, Step
+from cleanpipe.engine.optim import SGD
+from cleanpipe.files import atomic_path
+from cleanpipe.lazy import lazy_module, no_grad
 from cleanpipe.validation import ParameterError, check_choice, check_number
+
+torch = lazy_module("torch")
 
 
 @dataclass
@@ -86,11 +88,14 @@ class TrainConfig:
         return self.lr if self.lr is not None else (0.1 if self.optimizer == "sgd" else 2e-3)
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device takes
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_choice(name, "device", ("auto", "cpu", "cuda"))
+    check_choice(name, "device", DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise ParameterError("device", "is cuda but no CUDA GPU is visible to torch; use cpu or auto")
     return torch.device(name)
@@ -127,7 +132,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.peak_lr * ((1 - t) if cfg.schedule == "onecycle" else 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _optimizer(nets: Sequence[nn.Module], cfg: TrainConfig):
+def _optimizer(nets: Sequence[torch.nn.Module], cfg: TrainConfig):
     # No weight decay on norms and biases (1-D tensors); a network may scale a group's learning rate
     # (``param_groups()``: airbench's BatchNorm biases learn 64 times faster than its weights).
     groups = []
@@ -142,8 +147,6 @@ def _optimizer(nets: Sequence[nn.Module], cfg: TrainConfig):
                     groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
                                    "lr_scale": part.get("lr_scale", 1.0)})
     if cfg.optimizer == "sgd":
-        from cleanpipe.engine.optim import SGD
-
         return SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.peak_lr)
 
@@ -158,7 +161,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**62)
 
 
-def place_nets(nets: Sequence[nn.Module], device: torch.device, cfg: TrainConfig, image: bool) -> list[nn.Module]:
+def place_nets(nets: Sequence[torch.nn.Module], device: torch.device, cfg: TrainConfig, image: bool) -> list[torch.nn.Module]:
     """The networks on ``device`` in the memory layout ``fit`` trains them in (channels_last for images when set).
 
     A network loaded from a saved state goes through this too, so that it predicts bit for bit as it did.
@@ -173,7 +176,7 @@ def place_nets(nets: Sequence[nn.Module], device: torch.device, cfg: TrainConfig
 
 
 def fit(
-    nets: nn.Module | Sequence[nn.Module],
+    nets: torch.nn.Module | Sequence[torch.nn.Module],
     data: DeviceData,
     labels: np.ndarray,
     rows: np.ndarray,
@@ -183,14 +186,14 @@ def fit(
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
-    after_epoch: Callable[[int, list[nn.Module]], None] | None = None,
+    after_epoch: Callable[[int, list[torch.nn.Module]], None] | None = None,
     checkpoint_every_s: float = 30.0,
-) -> list[nn.Module]:
+) -> list[torch.nn.Module]:
     """Train ``nets`` on ``data[rows]`` with ``labels[rows]``.
 
     Parameters
     ----------
-    nets : nn.Module or sequence of nn.Module
+    nets : torch.nn.Module or sequence of torch.nn.Module
         Fresh networks; a method that trains several (Co-teaching) takes them all.
     data : DeviceData
     labels : np.ndarray
@@ -212,10 +215,10 @@ def fit(
 
     Returns
     -------
-    list of nn.Module
+    list of torch.nn.Module
         The trained networks, in eval mode.
     """
-    nets = [nets] if isinstance(nets, nn.Module) else list(nets)
+    nets = [nets] if isinstance(nets, torch.nn.Module) else list(nets)
     method = method or Standard(label_smoothing=cfg.label_smoothing)
     device = data.device
     nets = place_nets(nets, device, cfg, data.is_image)
@@ -227,27 +230,14 @@ def fit(
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
     rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
     n = len(rows_t)
-    # Small data: shrink the batch so that an epoch still takes MIN_STEPS steps (200 images at batch 256
-    # would give one step an epoch, and a model that learns nothing); large data keeps cfg.batch_size.
-    bs = min(cfg.batch_size, n, max(MIN_BATCH, n // MIN_STEPS))
-    steps_per_epoch = max(1, n // bs)  # drop the ragged last batch: BatchNorm dislikes tiny ones
+    bs, steps_per_epoch = _batching(n, cfg)
     total = cfg.epochs * steps_per_epoch
     report_every = max(1, steps_per_epoch // 20)  # progress updates cost host time; ~20 per epoch suffice
 
     # The averaged networks share the live ones' BatchNorm statistics (copied in before use).
     emas = [copy.deepcopy(n).requires_grad_(False) for n in nets] if cfg.ema > 0 else []
     method.bind(data, augment, opt)
-    # Layers set from the training images themselves (airbench's patch whitening), before any step;
-    # a resumed checkpoint overwrites them with the very same values.
-    if any(hasattr(net, "init_from_data") for net in nets):
-        # a seeded sample, not the first rows: a source sorted by class would give a few classes' patches
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:WHITENING_IMAGES]
-        sample = rows_t[pick.to(device)]
-        x = data.batch(sample, host_idx=sample.cpu() if data.streamed else None)
-        for net in nets:
-            if hasattr(net, "init_from_data"):
-                net.init_from_data(x)
-        del x
+    _init_from_data(nets, data, rows_t, cfg)
     # the live tensors (parameters and BatchNorm statistics are updated in place, so these stay theirs) and slow copies
     live = [_float_state(n) for n in nets] if cfg.lookahead else []
     slow = [[t.clone() for t in ts] for ts in live]
@@ -282,8 +272,7 @@ def fit(
                 x = x.contiguous(memory_format=torch.channels_last)
             step = epoch * steps_per_epoch + s
             lr = lr_at(step, total, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"]
+            _set_lr(opt, lr)
             with _autocast(device, cfg):
                 loss, logits = method.loss(Step(forwards, x, y, idx, epoch, step, total, x_raw, gen))
             opt.zero_grad(set_to_none=True)
@@ -317,35 +306,65 @@ def fit(
     return emas or nets
 
 
-@torch.no_grad()
-def _ema_update(emas: Sequence[nn.Module], nets: Sequence[nn.Module], decay: float) -> None:
+def _batching(n: int, cfg: TrainConfig) -> tuple[int, int]:
+    """The batch size and steps per epoch for ``n`` training rows.
+
+    Small data: the batch shrinks so that an epoch still takes MIN_STEPS steps (200 images at batch 256
+    would give one step an epoch, and a model that learns nothing); large data keeps cfg.batch_size. The
+    ragged last batch is dropped: BatchNorm dislikes tiny ones.
+    """
+    bs = min(cfg.batch_size, n, max(MIN_BATCH, n // MIN_STEPS))
+    return bs, max(1, n // bs)
+
+
+def _init_from_data(nets, data: DeviceData, rows_t, cfg: TrainConfig) -> None:
+    """Layers set from the training images themselves (airbench's patch whitening), before any step;
+    a resumed checkpoint overwrites them with the very same values."""
+    if not any(hasattr(net, "init_from_data") for net in nets):
+        return
+    # a seeded sample, not the first rows: a source sorted by class would give a few classes' patches
+    pick = torch.randperm(len(rows_t), generator=torch.Generator().manual_seed(cfg.seed))[:WHITENING_IMAGES]
+    sample = rows_t[pick.to(data.device)]
+    x = data.batch(sample, host_idx=sample.cpu() if data.streamed else None)
+    for net in nets:
+        if hasattr(net, "init_from_data"):
+            net.init_from_data(x)
+
+
+def _set_lr(opt, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g["lr_scale"]
+
+
+@no_grad
+def _ema_update(emas: Sequence[torch.nn.Module], nets: Sequence[torch.nn.Module], decay: float) -> None:
     for ema, net in zip(emas, nets):
         e, p = list(ema.parameters()), list(net.parameters())
         torch._foreach_lerp_(e, [q.detach() for q in p], 1.0 - decay)
 
 
-def _float_state(net: nn.Module) -> list[torch.Tensor]:
+def _float_state(net: torch.nn.Module) -> list[torch.Tensor]:
     """The network's floating-point parameters and buffers (weights and BatchNorm statistics), in state_dict order."""
     return [t.detach() for t in net.state_dict(keep_vars=True).values() if t.dtype.is_floating_point]
 
 
-@torch.no_grad()
+@no_grad
 def _lookahead(slow: Sequence[list[torch.Tensor]], live: Sequence[list[torch.Tensor]], decay: float) -> None:
     for s, fast in zip(slow, live):
         torch._foreach_lerp_(s, fast, 1.0 - decay)
         torch._foreach_copy_(fast, s)
 
 
-@torch.no_grad()
-def _copy_buffers(emas: Sequence[nn.Module], nets: Sequence[nn.Module]) -> None:
+@no_grad
+def _copy_buffers(emas: Sequence[torch.nn.Module], nets: Sequence[torch.nn.Module]) -> None:
     for ema, net in zip(emas, nets):
         for b_ema, b in zip(ema.buffers(), net.buffers()):
             b_ema.copy_(b)
 
 
-@torch.no_grad()
+@no_grad
 def predict_proba(
-    nets: nn.Module | Sequence[nn.Module],
+    nets: torch.nn.Module | Sequence[torch.nn.Module],
     data: DeviceData,
     rows: np.ndarray,
     cfg: TrainConfig,
@@ -356,7 +375,7 @@ def predict_proba(
     mirrored, with ``cfg.tta_shift`` also moved up, down, left and right by the training
     translation (:func:`translation_pad` pixels), and the views averaged.
     """
-    nets = [nets] if isinstance(nets, nn.Module) else list(nets)
+    nets = [nets] if isinstance(nets, torch.nn.Module) else list(nets)
     device = data.device
     for net in nets:
         net.eval()
@@ -403,10 +422,8 @@ def _save_checkpoint(path: Path, epoch: int, nets, opt, method: Method, cfg: Tra
         "method": method.state_dict(),
         "config": asdict(cfg),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, nets, opt, method: Method, cfg: TrainConfig, emas=(), slow=()) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
 from cleanpipe.lazy import lazy_module
 
 torch = lazy_module("torch")

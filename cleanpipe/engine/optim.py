@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
+from cleanpipe.lazy import lazy_module, no_grad
+
+torch = lazy_module("torch")
+
 
 
 class SGD:
@@ -46,7 +49,7 @@ class SGD:
                 elif p.grad is not None:
                     p.grad.zero_()
 
-    @torch.no_grad()
+    @no_grad
     def step(self) -> None:
         for g in self.param_groups:
             params = [p for p in g["params"] if p.grad is not None]

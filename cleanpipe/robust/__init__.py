@@ -4,7 +4,13 @@
 options are a dataclass that validates itself.
 """
 
-from cleanpipe.robust.base import NoOptions, PruneOutputs, TrainingMethod, TrainResult
+from cleanpipe.robust.base import (
+    NoOptions,
+    PruneOutputs,
+    RunInputs,
+    TrainingMethod,
+    TrainResult,
+)
 from cleanpipe.robust.coteaching import CoTeachingOptions, IncvCoTeachingOptions
 from cleanpipe.robust.ieg import IegOptions, L2ROptions
 from cleanpipe.robust.noisystudent import NoisyStudentOptions, NoisyStudentResult
@@ -13,6 +19,6 @@ from cleanpipe.robust.training import train_model
 
 __all__ = [
     "METHODS", "CoTeachingOptions", "IegOptions", "IncvCoTeachingOptions", "L2ROptions", "NoOptions",
-    "NoisyStudentOptions", "NoisyStudentResult", "PruneOutputs", "TrainResult", "TrainingMethod", "get_method",
+    "NoisyStudentOptions", "NoisyStudentResult", "PruneOutputs", "RunInputs", "TrainResult", "TrainingMethod", "get_method",
     "register", "train_model",
 ]

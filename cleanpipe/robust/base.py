@@ -25,7 +25,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cleanpipe.errors import CleanpipeError
+from cleanpipe.engine import (
+    DeviceData,
+    Standard,
+    device_name,
+    fit,
+    place_nets,
+    predict_proba,
+)
+from cleanpipe.files import atomic_path
+from cleanpipe.lazy import lazy_module
+from cleanpipe.recipes import build_network
+from cleanpipe.validation import check_choice
+
+torch = lazy_module("torch")
 
 CHECKPOINT_EVERY_S = 30.0  # an interrupted training resumes from its last checkpoint (see engine.fit)
 
@@ -145,6 +158,8 @@ class TrainResult:
         The trained networks in eval mode, on the training device; ``nets[0]`` is the model.
     model : str
         The registry name of ``nets[0]``'s architecture.
+    architecture : dict
+        Its builder's arguments (e.g. the small CNN's width): with ``model``, what rebuilds it.
     history : list of dict
         One row per epoch (and network): ``epoch``, ``loss``, ``train_accuracy``, ``test_accuracy`` (with a
         test split), the method's extras, ``lr``, ``seconds``.
@@ -166,6 +181,7 @@ class TrainResult:
 
     nets: list
     model: str
+    architecture: dict
     history: list[dict]
     rows: np.ndarray
     settings: Any
@@ -198,8 +214,6 @@ class TrainingMethod:
 
     # ---- what it needs from a run (the train stage asks) ------------------------------------------
     def check_subset(self, subset: str) -> None:
-        from cleanpipe.validation import check_choice
-
         check_choice(subset, "subset", self.subsets)
 
     def prune_needed(self, options, subset: str) -> str | None:
@@ -224,14 +238,13 @@ class TrainingMethod:
     # ---- how it trains (train_model asks) ----------------------------------------------------------
     def prepare(self, options, job: TrainJob) -> Plan:
         """The rows, loss step and resolved settings of a training; the default: plain cross-entropy."""
-        from cleanpipe.engine import Standard
 
         return Plan(rows=job.rows, step=Standard(label_smoothing=0.0))
 
     def train(self, trainer: "Trainer", options, plan: Plan) -> TrainResult:
         """Train ``n_nets`` fresh networks once with the plan's step; methods with several rounds override this."""
         nets = trainer.build_nets(self.n_nets)
-        trained, history = trainer.fit(nets, plan.rows, plan.step, self.name)
+        trained, history = trainer.train_nets(nets, plan.rows, plan.step, self.name)
         return trainer.result(trained, history, plan)
 
     # ---- what it writes (the train stage asks) -----------------------------------------------------
@@ -252,7 +265,7 @@ def option_values(options) -> dict:
 class Trainer:
     """Runs the engine for one training: per-epoch test accuracy, history, progress, resume checkpoints.
 
-    :meth:`fit` may be called several times (Noisy Student's teacher and students); each call has its own
+    :meth:`train_nets` may be called several times (Noisy Student's teacher and students); each call has its own
     key, so an interrupted training resumes inside the network it was training, and with ``keep_done`` a
     finished network is kept (``RESUME_DIR/KEY.done.pt``) until the caller is done with the directory.
 
@@ -272,8 +285,6 @@ class Trainer:
 
     def __init__(self, job: TrainJob, plan: Plan, X_test, y_test, device, resume_dir: Path | None, key: bytes,
                  progress) -> None:
-        from cleanpipe.engine import DeviceData
-
         self.job, self.plan = job, plan
         X = job.X if plan.X is None else plan.X
         self.labels = np.asarray(job.labels if plan.labels is None else plan.labels, dtype=np.int64)
@@ -284,31 +295,23 @@ class Trainer:
         self.epochs = self.cfg.epochs
         self.device, self.resume_dir, self.key, self.progress = device, resume_dir, key, progress
         self.steps = 0
+        self.architectures: dict[str, dict] = {}  # each network built: its builder's arguments (model.pt keeps them)
 
     def build_nets(self, n: int, model: str | None = None) -> list:
-        """``n`` fresh networks of ``model`` (default the settings'), drawn from the seed."""
-        import torch
-
-        from cleanpipe.models import build_model
-
+        """``n`` fresh networks of ``model`` (default the settings'), drawn from the seed, with the recipe's arguments."""
         model = model or self.job.settings.model
         torch.manual_seed(self.job.settings.seed)
-        nets = [build_model(model, tuple(self.data.X.shape[1:]), self.job.n_classes) for _ in range(n)]
-        if not isinstance(nets[0], torch.nn.Module):
-            raise CleanpipeError(f"{model} is not a network; training methods train networks (e.g. mlp)")
-        return nets
+        built = [build_network(model, tuple(self.data.X.shape[1:]), self.job.n_classes) for _ in range(n)]
+        self.architectures[model] = built[0][1]
+        return [net for net, _ in built]
 
-    def fit(self, nets, rows: np.ndarray, step, caption: str, *, labels: np.ndarray | None = None,
-            key: bytes = b"", iteration: int | None = None, keep_done: bool = False):
+    def train_nets(self, nets, rows: np.ndarray, step, caption: str, *, labels: np.ndarray | None = None,
+                   key: bytes = b"", iteration: int | None = None, keep_done: bool = False):
         """Train ``nets`` on ``rows`` with the loss ``step``; returns ``(trained networks, history rows)``.
 
         ``labels`` (default the plan's) are what train accuracy is measured against; ``key`` tells this
         network apart from the others of the training; ``caption`` names its progress bar.
         """
-        import torch
-
-        from cleanpipe.engine import fit, place_nets, predict_proba
-
         cfg, data = self.cfg, self.data
         labels = self.labels if labels is None else labels
         self.steps += self.epochs * max(1, len(rows) // min(cfg.batch_size, len(rows)))
@@ -361,23 +364,19 @@ class Trainer:
                       after_epoch=after_epoch, checkpoint_every_s=CHECKPOINT_EVERY_S)
         history = [h for h in history if h["epoch"] <= self.epochs]
         if keep_done and done is not None:
-            done.parent.mkdir(parents=True, exist_ok=True)
-            tmp = done.with_name(f".{done.name}.tmp")
-            torch.save({"nets": [n.state_dict() for n in trained], "history": history}, tmp)
-            tmp.replace(done)
+            with atomic_path(done) as tmp:
+                torch.save({"nets": [n.state_dict() for n in trained], "history": history}, tmp)
         return trained, history
 
     def predict(self, net, rows: np.ndarray) -> np.ndarray:
         """float32 (n, K) probabilities of the training data's ``rows`` (eval mode, no augmentation)."""
-        from cleanpipe.engine import predict_proba
 
         return predict_proba(net, self.data, rows, self.cfg)
 
     def result(self, nets, history: list[dict], plan: Plan, *, model: str | None = None, cls=TrainResult,
                **extra) -> TrainResult:
-        from cleanpipe.engine import device_name
-
-        return cls(nets=list(nets), model=model or self.job.settings.model, history=history, rows=plan.rows,
-                   settings=self.job.settings, method_settings=plan.method_settings,
+        model = model or self.job.settings.model
+        return cls(nets=list(nets), model=model, architecture=self.architectures.get(model, {}), history=history,
+                   rows=plan.rows, settings=self.job.settings, method_settings=plan.method_settings,
                    mean=self.data.mean.detach().cpu(), std=self.data.std.detach().cpu(), steps=self.steps,
                    device=device_name(self.device), **extra)

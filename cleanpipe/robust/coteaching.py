@@ -29,11 +29,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from cleanpipe.lazy import lazy_module
 
-from cleanpipe.errors import CleanpipeError
 from cleanpipe.engine.method import Method, Step
-from cleanpipe.robust.base import Plan, RunInputs, TrainJob, TrainingMethod, cli_option, data_input
+from cleanpipe.errors import CleanpipeError
+from cleanpipe.lazy import lazy_module
+from cleanpipe.recipes import recipe
+from cleanpipe.robust.base import (
+    Plan,
+    RunInputs,
+    TrainingMethod,
+    TrainJob,
+    cli_option,
+    data_input,
+)
 from cleanpipe.validation import ParameterError, check_choice, check_number
 
 torch = lazy_module("torch")
@@ -334,8 +342,6 @@ class CoTeachingPlusTraining(CoTeachingTraining):
     summary = "Co-teaching on the examples the two networks disagree on (Yu et al. 2019)"
 
     def prepare(self, options, job):
-        from cleanpipe.recipes import recipe
-
         used = self.resolve(options, job)
         used["init_epoch"] = round(recipe(job.X.shape[1:]).coteaching_plus_start * job.settings.epochs)
         step = CoTeachingPlus(_forget_rate(options), used["ramp_epochs"], used["init_epoch"], job.is_clean,

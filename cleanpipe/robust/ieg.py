@@ -42,11 +42,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from cleanpipe.lazy import lazy_module
 
+from cleanpipe.engine.data import StrongView
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.robust.base import Plan, TrainingMethod, cli_option, data_input, option_values
+from cleanpipe.labels import read_partial_labels
+from cleanpipe.lazy import lazy_module
+from cleanpipe.recipes import recipe
+from cleanpipe.robust.base import (
+    Plan,
+    TrainingMethod,
+    cli_option,
+    data_input,
+    option_values,
+)
 from cleanpipe.validation import ParameterError, check_choice, check_number
 
 torch = lazy_module("torch")
@@ -415,7 +424,6 @@ class IEG(_ProbeMethod):
     def bind(self, data, augment, optimizer) -> None:
         super().bind(data, augment, optimizer)
         # The policy, then pad-crop and flips as the weak view, then Cutout of half the side; tables get noise.
-        from cleanpipe.engine.data import StrongView
 
         self._strong_aug = StrongView(data, self.policy, flip=bool(augment and augment.flip))
 
@@ -606,8 +614,6 @@ class L2RTraining(TrainingMethod):
     Options = L2ROptions
 
     def from_run(self, options, inputs):
-        from cleanpipe.labels import read_partial_labels
-
         ds = inputs.dataset
         if options.probe_labels:
             rows, trusted = read_partial_labels(Path(options.probe_labels), [str(i) for i in ds.ids_train], ds.class_names)
@@ -680,8 +686,6 @@ class IegTraining(L2RTraining):
         return {"probe_size": int(len(probe[0])), **{k: v for k, v in option_values(options).items() if k != "probe_labels"}}
 
     def step(self, options, job, probe, used):
-        from cleanpipe.recipes import recipe
-
         r = recipe(job.X.shape[1:])
         policy = r.ieg_policy if options.policy == "auto" else options.policy
         k = r.ieg_consistency if options.consistency_factor is None else options.consistency_factor

@@ -28,11 +28,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from cleanpipe.lazy import lazy_module
 
+from cleanpipe.data.unlabeled import load_unlabeled
+from cleanpipe.engine.data import StrongView
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.robust.base import Plan, TrainingMethod, TrainResult, cli_option, data_input
+from cleanpipe.labels import check_label_path, write_labels
+from cleanpipe.lazy import lazy_module
+from cleanpipe.models import MODELS, add_model_noise
+from cleanpipe.recipes import recipe
+from cleanpipe.robust.base import (
+    Plan,
+    TrainingMethod,
+    TrainResult,
+    cli_option,
+    data_input,
+)
 from cleanpipe.validation import ParameterError, check_choice, check_number
 
 torch = lazy_module("torch")
@@ -188,7 +199,6 @@ class NoisyStudentLoss(Method):
         self._is_pseudo = torch.as_tensor(self.pseudo, device=dev)
         if self.noise:
             # Tables ignore the policy: their strong view is noise on the features.
-            from cleanpipe.engine.data import StrongView
 
             self._view = StrongView(data, self.policy, flip=bool(augment and augment.flip), cutout=self.cutout,
                                     magnitude=self.magnitude)
@@ -304,9 +314,6 @@ class NoisyStudentOptions:
     extra_ids: np.ndarray | None = data_input()
 
     def __post_init__(self) -> None:
-        from cleanpipe.labels import check_label_path
-        from cleanpipe.models import MODELS
-
         check_number(self.iterations, "iterations", low=1)
         check_choice(self.student_model, "student_model", ["auto", *MODELS])
         check_number(self.threshold, "threshold", low=0.0, high=1.0, high_open=True)
@@ -325,7 +332,6 @@ class NoisyStudentOptions:
 
 def student_policy(input_shape: tuple[int, ...], policy: str = "auto") -> str:
     """The student's input noise: ``randaugment``/``autoaugment`` (images), ``table`` (noise and feature dropout) or ``none``."""
-    from cleanpipe.recipes import recipe
 
     default = recipe(input_shape).student_policy
     if policy == "none" or default == "table":  # tables' noise is on features, whatever the image policy
@@ -336,7 +342,6 @@ def student_policy(input_shape: tuple[int, ...], policy: str = "auto") -> str:
 def student_model_for(teacher: str, student: str = "auto") -> str:
     """Noisy Student's student network: ``auto`` is the teacher's, widened where the registry has a wider one
     (the paper's "equal or larger": the student absorbs more data, with noise); else the name given."""
-    from cleanpipe.models import MODELS
 
     if student != "auto":
         return student
@@ -391,8 +396,6 @@ class NoisyStudentTraining(TrainingMethod):
         return "any"
 
     def from_run(self, options, inputs):
-        from cleanpipe.data.unlabeled import load_unlabeled
-
         ds, files = inputs.dataset, []
         options = replace(options, unlabeled_rows=np.flatnonzero(~inputs.prune.keep))
         if options.unlabeled:
@@ -446,14 +449,12 @@ class NoisyStudentTraining(TrainingMethod):
         seed = job.settings.seed
 
         def build(noise: bool):
-            from cleanpipe.models import add_model_noise
-
             net = trainer.build_nets(1, student_model if noise else job.settings.model)[0]
             return net, (add_model_noise(net, options.dropout, options.stochastic_depth) if noise else None)
 
         teacher_net, _ = build(noise=False)
         step = NoisyStudentLoss(base_targets, np.zeros(n_all, bool), noise=False)
-        trained, history = trainer.fit([teacher_net], rows, step, "teacher", key=b"teacher", iteration=0, keep_done=True)
+        trained, history = trainer.train_nets([teacher_net], rows, step, "teacher", key=b"teacher", iteration=0, keep_done=True)
         teacher = trained[0]
         rounds = [{"iteration": 0, "role": "teacher", "n_labeled": int(len(rows)), "n_pseudo": 0,
                    "test_accuracy": history[-1].get("test_accuracy")}]
@@ -483,7 +484,7 @@ class NoisyStudentTraining(TrainingMethod):
                                     noise=policy != "none", policy=policy, cutout=options.cutout,
                                     magnitude=options.magnitude)
             key = b"".join([b"student", str(it).encode(), pseudo_targets.tobytes(), copies.tobytes()])
-            trained, h = trainer.fit([student_net], student_rows, step, f"student {it}/{options.iterations}",
+            trained, h = trainer.train_nets([student_net], student_rows, step, f"student {it}/{options.iterations}",
                                      labels=fit_labels, key=key, iteration=it, keep_done=True)
             history = history + h
             record = {"iteration": it, "role": "student", "n_labeled": int(len(rows)), "n_pseudo": int(copies.sum()),
@@ -554,8 +555,6 @@ class NoisyStudentTraining(TrainingMethod):
 
     def after_write(self, result, options, dataset):
         if options.write_labels:
-            from cleanpipe.labels import write_labels
-
             write_labels(Path(options.write_labels), dataset.ids_train, result.corrected)
             return f"corrected labels in {options.write_labels}"
         return None

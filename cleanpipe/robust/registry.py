@@ -7,7 +7,11 @@ and the benchmarks all read this table.
 from __future__ import annotations
 
 from cleanpipe.robust.base import TrainingMethod
-from cleanpipe.robust.coteaching import CoTeachingPlusTraining, CoTeachingTraining, IncvCoTeachingTraining
+from cleanpipe.robust.coteaching import (
+    CoTeachingPlusTraining,
+    CoTeachingTraining,
+    IncvCoTeachingTraining,
+)
 from cleanpipe.robust.ieg import IegTraining, L2RTraining
 from cleanpipe.robust.noisystudent import NoisyStudentTraining
 from cleanpipe.robust.standard import StandardTraining

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanpipe.engine import resolve_device
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.robust.base import TrainJob, TrainResult, TrainingMethod, option_values
+from cleanpipe.progress import NullProgress
+from cleanpipe.recipes import FitSettings, fit_settings
+from cleanpipe.robust.base import (
+    Trainer,
+    TrainingMethod,
+    TrainJob,
+    TrainResult,
+    option_values,
+)
+from cleanpipe.robust.registry import get_method
 from cleanpipe.validation import ParameterError
 
 
@@ -110,10 +120,6 @@ def train_model(
     ...                      X_test=X_test, y_test=y_test)  # doctest: +SKIP
     >>> result.test_accuracy  # doctest: +SKIP
     """
-    from cleanpipe.engine import resolve_device
-    from cleanpipe.progress import NullProgress
-    from cleanpipe.recipes import FitSettings, fit_settings
-    from cleanpipe.robust.registry import get_method
 
     spec = get_method(method) if isinstance(method, str) else method
     options = spec.Options() if options is None else options
@@ -144,7 +150,6 @@ def train_model(
                 h.update(np.ascontiguousarray(a).tobytes())
         h.update(hashlib.sha256(np.ascontiguousarray(X if plan.X is None else plan.X).tobytes()).digest())
         key = h.digest()
-    from cleanpipe.robust.base import Trainer
 
     trainer = Trainer(job, plan, X_test, y_test, dev, None if resume_dir is None else Path(resume_dir), key,
                       progress or NullProgress())

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanpipe.detect.incv import closed_form, incv_settings, measured_held_out, predicted_held_out, train_and_score
+from cleanpipe.detect.incv import incv_settings, train_and_score
+from cleanpipe.detect.theory import closed_form, measured_held_out, predicted_held_out
+from cleanpipe.engine import device_name, resolve_device
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run, load_npy
+from cleanpipe.files import load_npy
+from cleanpipe.plots import plot_heatmaps
+from cleanpipe.rundir import RunDir
 
 QUANTITIES = {
     "noisy_accuracy": "noisy accuracy P(ŷ = ỹ)",
@@ -39,7 +43,7 @@ class TheoryStage:
     manifest: dict
 
 
-def run_theory_stage(run: Run, *, model: str = "auto", epochs: int | None = None, seed: int = 0,
+def run_theory_stage(run: RunDir, *, model: str = "auto", epochs: int | None = None, seed: int = 0,
                      device: str = "auto", progress=None) -> TheoryStage:
     """Train on half of the noisy training set, score the other half, write ``RUN/theory/``.
 
@@ -49,8 +53,6 @@ def run_theory_stage(run: Run, *, model: str = "auto", epochs: int | None = None
     example: noisy, true and predicted label) and ``manifest.json``.
     """
     import pandas as pd
-
-    from cleanpipe.engine import device_name, resolve_device
 
     dev = resolve_device(device)
     if not run.has("noise"):
@@ -119,7 +121,6 @@ def run_theory_stage(run: Run, *, model: str = "auto", epochs: int | None = None
 def plot_confusion(transition: np.ndarray, confusion: np.ndarray, class_names: list[str], path: Path,
                    title: str = "") -> None:
     """Two heat maps side by side: the noise matrix T and the held-out confusion matrix M (PNG)."""
-    from cleanpipe.report import plot_heatmaps
 
     plot_heatmaps([(transition, "noise matrix T: P(noisy label | true)", "noisy label", "true class"),
                    (confusion, "held-out predictions M: P(ŷ | true)", "predicted class", "true class")],

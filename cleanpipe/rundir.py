@@ -1,13 +1,17 @@
-"""The run directory: paths, manifests, digests, atomic writes.
+"""The run directory (:class:`RunDir`): paths, manifests, digests, stage transactions.
 
 Layout (a contract: tests, scripts and users rely on these names)::
 
     RUN/
       dataset.json   which data this run uses and how it was split
-      noise/         noisy_labels.npy  noise_matrix.npy  manifest.json
-      crossval/      pred_probs.npy  folds.npy  manifest.json
-      prune/         label_issues.csv  issue_mask.npy  keep_mask.npy  manifest.json
-      train/         model.pt  history.csv  manifest.json
+      noise/         noisy_labels.npy  noise_matrix.npy  manifest.json  (semantic: labeler_rows.npy)
+      crossval/      pred_probs.npy  folds.npy  manifest.json  (shards/ while folds run; slurm/ logs)
+      prune/         label_issues.csv  issue_mask.npy  keep_mask.npy  manifest.json  (INCV: incv_sets.npz)
+      theory/        theory.csv  confusion_matrix.npy  transition_matrix.npy  confusion.png  held_out.csv  manifest.json
+      train/         model.pt  history.csv  manifest.json  (and each method's own files)
+      review/        review.html  manifest.json
+      apply/         corrections.csv  manifest.json  (the label file goes where --out says)
+      predict/       predictions.csv  manifest.json  (without --out)
       report/        report.html and its plots
 
 A stage writes every file into a hidden staging folder and swaps it in with a rename
@@ -21,35 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from cleanpipe import __version__
+from cleanpipe.data import Dataset, DataSpec, load_dataset
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.files import atomic_write_json, file_digest, load_npy, read_json
 
-if TYPE_CHECKING:
-    from cleanpipe.data import DataSpec, Dataset
-
-STAGES = ("noise", "crossval", "prune", "theory", "train", "report")
+# The stage folders a run directory may hold (what a manifest's inputs are traced back through).
+STAGES = ("noise", "crossval", "prune", "theory", "train", "review", "apply", "predict", "report")
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.json"
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, as hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -60,53 +54,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def load_npy(path: Path, *, what: str = "array") -> np.ndarray:
-    """``np.load`` that never unpickles and turns a corrupt file into a clear error."""
-    if not path.is_file():
-        raise CleanpipeError(f"{path}: no such file")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError:
-        raise CleanpipeError(
-            f"{path}: not a .npy file of plain numbers (text, another format, or pickled objects, which cleanpipe "
-            f"never loads); save the {what} with numpy.save"
-        ) from None
-    except (OSError, EOFError) as e:
-        raise CleanpipeError(f"{path}: unreadable or corrupt .npy file ({e})") from None
-
-
-def read_json(path: Path) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CleanpipeError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CleanpipeError(f"{path}: corrupt JSON ({e}); re-run the stage that wrote it") from None
-
-
 class StageWriter:
     """Collects one stage's outputs in a staging folder; see :meth:`Run.write_stage`."""
 
-    def __init__(self, run: "Run", stage: str, staging: Path) -> None:
+    def __init__(self, run: "RunDir", stage: str, staging: Path) -> None:
         self.run, self.stage, self.dir = run, stage, staging
         self.inputs: dict[str, str] = {}
         self.started = time.perf_counter()
@@ -151,8 +102,8 @@ class StageWriter:
         return self.manifest
 
 
-class Run:
-    """A run directory.
+class RunDir:
+    """A run directory: what every stage reads from and writes to.
 
     Parameters
     ----------
@@ -196,7 +147,7 @@ class Run:
 
     # ---- writing ---------------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["Run"]:
+    def transaction(self) -> Iterator["RunDir"]:
         """Remove the run directory again if this command created it and then hit a user error.
 
         Only :class:`CleanpipeError` rolls back: an interrupt (Ctrl-C) or a crash keeps
@@ -248,20 +199,18 @@ class Run:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def write_dataset(self, spec: "DataSpec", ds: "Dataset") -> None:
+    def write_dataset(self, spec: DataSpec, ds: Dataset) -> None:
         """Record which data this run uses (``dataset.json``), atomically."""
         self.ensure_root()
         atomic_write_json(self.root / DATASET_JSON, {"spec": spec.to_json(), **ds.summary(), "meta": ds.meta})
 
-    def bind_dataset(self, spec: "DataSpec | None") -> tuple["DataSpec", "Dataset", bool]:
+    def bind_dataset(self, spec: "DataSpec | None") -> tuple[DataSpec, Dataset, bool]:
         """The dataset a stage should use: ``spec`` if given, else the run's own.
 
         Returns ``(spec, dataset, is_new)``; ``is_new`` means the caller should
         :meth:`write_dataset` once its stage succeeds. A run keeps one dataset: a
         different ``spec`` for a run that already has one is refused.
         """
-        from cleanpipe.data import DataSpec, load_dataset
-
         recorded = self.dataset_json()
         if spec is None:
             if recorded is None:
@@ -297,7 +246,7 @@ class Run:
         p = self.root / DATASET_JSON
         return read_json(p) if p.is_file() else None
 
-    def training_labels(self, ds: "Dataset") -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
+    def training_labels(self, ds: Dataset) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
         """The labels later stages train on, the truth when known, and the files they came from.
 
         With a noise stage: its noisy labels, and the dataset's labels as the truth. Without

@@ -3,7 +3,7 @@
 >>> from cleanpipe.pipeline import run_pipeline
 >>> from cleanpipe.run import Run
 >>> from cleanpipe.data import DataSpec
->>> result = run_pipeline(Run("runs/demo"), DataSpec("digits"))  # doctest: +SKIP
+>>> result = run_pipeline(RunDir("runs/demo"), DataSpec("digits"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -12,8 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cleanpipe.data import SOURCES, DataSpec
+from cleanpipe.detect.crossval import N_FOLDS
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run
+from cleanpipe.executors import Placement, placement
+from cleanpipe.progress import NullProgress
+from cleanpipe.robust import get_method
+from cleanpipe.rundir import RunDir
+from cleanpipe.stages.crossval import run_crossval_stage
+from cleanpipe.stages.noise import run_noise_stage
+from cleanpipe.stages.prune import run_prune_stage
+from cleanpipe.stages.report import run_report_stage
+from cleanpipe.stages.train import run_train_stage
+from cleanpipe.validation import ParameterError
 
 
 @dataclass
@@ -30,15 +41,14 @@ class PipelineResult:
     rate: float = 0.0
 
 
-def same_spec(run: Run, spec) -> bool:
+def same_spec(run: RunDir, spec) -> bool:
     """The run already uses this data (or no data was asked for)."""
-    from cleanpipe.data import DataSpec
 
     recorded = run.dataset_json()
     return recorded is not None and (spec is None or DataSpec.from_json(recorded["spec"]) == spec)
 
 
-def noise_is_current(run: Run, spec, kind: str, rate: float, seed: int) -> bool:
+def noise_is_current(run: RunDir, spec, kind: str, rate: float, seed: int) -> bool:
     """The run's noise stage was made with these settings on this data and nothing changed since."""
     man = run.manifest("noise")
     wanted = {"kind": kind, "rate": rate, "sparsity": 0.0, "seed": seed}
@@ -51,9 +61,8 @@ def noise_is_current(run: Run, spec, kind: str, rate: float, seed: int) -> bool:
     )
 
 
-def train_is_current(run: Run, method: str, seed: int) -> bool:
+def train_is_current(run: RunDir, method: str, seed: int) -> bool:
     """The run's train stage trained ``method`` with ``seed`` on its default subset, and is current."""
-    from cleanpipe.robust import get_method
 
     man = run.manifest("train")
     if man is None or man["parameters"].get("method") != method or man["parameters"].get("seed") != seed:
@@ -70,14 +79,12 @@ def train_is_current(run: Run, method: str, seed: int) -> bool:
 DEMO_NOISE = ("symmetric", 0.4)  # what `cleanpipe run` adds to the embedded demo data, to have errors to find
 
 
-def default_noise(run: Run, spec, kind: str | None, rate: float | None) -> tuple[str, float]:
+def default_noise(run: RunDir, spec, kind: str | None, rate: float | None) -> tuple[str, float]:
     """The synthetic noise to add: as asked, else the demo's on the embedded data, else none.
 
     A person's own data (``--data`` or ``--labels``) gets noise only when ``kind`` is given:
     synthetic noise is for benchmarks, and would bury the real errors they want found.
     """
-    from cleanpipe.data import SOURCES, DataSpec
-    from cleanpipe.validation import ParameterError
 
     if kind is not None:
         return kind, (DEMO_NOISE[1] if rate is None else rate) if kind != "none" else 0.0
@@ -95,18 +102,19 @@ def default_noise(run: Run, spec, kind: str | None, rate: float | None) -> tuple
 
 
 def run_pipeline(
-    run: Run,
+    run: RunDir,
     spec=None,
     *,
     kind: str | None = None,
     rate: float | None = None,
     seed: int = 0,
     model: str = "auto",
-    folds: int = 4,
+    folds: int = N_FOLDS,
     device: str = "auto",
     method: str = "coteaching",
     prune_method: str = "prune_by_noise_rate",
-    crossval_options: dict | None = None,
+    where: Placement | str = "local",
+    device_memory: int | None = None,
     progress=None,
     on_stage: Callable[[str, object | None], None] | None = None,
 ) -> PipelineResult:
@@ -114,7 +122,7 @@ def run_pipeline(
 
     Parameters
     ----------
-    run : Run
+    run : RunDir
     spec : cleanpipe.data.DataSpec, optional
         The data; None: the run's own.
     kind, rate : str, float, optional
@@ -123,21 +131,15 @@ def run_pipeline(
     method : str
         The training method (a name from :data:`cleanpipe.robust.METHODS`); one that needs an INCV prune
         stage makes ``prune_method`` ``incv``.
-    crossval_options : dict, optional
-        Where the folds run: ``executor``, ``ray``, ``slurm``, ``device_memory`` of
-        :func:`cleanpipe.crossval.run_crossval_stage`.
+    where, device_memory
+        Where crossval's folds run and how much device memory their data may take
+        (:func:`cleanpipe.stages.crossval.run_crossval_stage`); the executor is checked before any stage runs.
     on_stage : callable(name, stage), optional
         Called after each stage with its result (None when it was up to date and skipped).
     """
-    from cleanpipe.crossval import run_crossval_stage
-    from cleanpipe.noise import run_noise_stage
-    from cleanpipe.progress import NullProgress
-    from cleanpipe.prune import run_prune_stage
-    from cleanpipe.report import run_report_stage
-    from cleanpipe.robust import get_method
-    from cleanpipe.train import run_train_stage
 
     trainer = get_method(method)
+    where = placement(where) if isinstance(where, str) else where  # before the noise stage writes anything
     progress = progress or NullProgress()
     report = on_stage or (lambda name, stage: None)
     if run.dataset_json() is None and run.manifest("noise") is not None:
@@ -161,7 +163,7 @@ def run_pipeline(
             report("noise", noise)
         if prune_method != "incv":
             crossval = run_crossval_stage(run, model=model, n_folds=folds, seed=seed, device=device, progress=progress,
-                                          **(crossval_options or {}))
+                                          where=where, device_memory=device_memory)
             progress.finish()
             report("crossval", crossval)
         pruned = run_prune_stage(run, method=prune_method, incv={"seed": seed, "device": device}, progress=progress)

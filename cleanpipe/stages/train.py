@@ -4,22 +4,23 @@ Methods live in :mod:`cleanpipe.robust` (one module each, named in :mod:`cleanpi
 :func:`cleanpipe.robust.train_model` trains them on arrays. This stage adds the run directory: the
 labels and prune outputs a method asks for, the test split (scored after every epoch,
 ``train/history.csv``), resumable checkpoints, and ``train/model.pt``: the first network's weights
-and what is needed to rebuild it (load with ``torch.load(path, weights_only=True)``).
+and what is needed to rebuild it (:mod:`cleanpipe.saved_model`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from cleanpipe.engine import resolve_device
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.robust.base import PruneOutputs, RunInputs
-from cleanpipe.run import Run, load_npy
-
-MODEL_FORMAT = "cleanpipe-model-1"
+from cleanpipe.files import load_npy
+from cleanpipe.recipes import fit_settings
+from cleanpipe.robust import PruneOutputs, RunInputs, get_method, train_model
+from cleanpipe.rundir import RunDir
+from cleanpipe.saved_model import model_state, save_model
 
 
 @dataclass
@@ -32,7 +33,7 @@ class TrainStage:
     note: str | None = None  # e.g. where corrected labels went
 
 
-def read_prune_outputs(run: Run, n: int, need: str) -> PruneOutputs:
+def read_prune_outputs(run: RunDir, n: int, need: str) -> PruneOutputs:
     """The prune stage's keep mask and estimates (``need`` ``incv``: and INCV's sets), checked against this run."""
     man = run.require("prune", hint=f"cleanpipe prune {run.root}")
     if man["parameters"].get("standalone"):
@@ -57,14 +58,14 @@ def read_prune_outputs(run: Run, n: int, need: str) -> PruneOutputs:
     return out
 
 
-def run_train_stage(run: Run, method: str = "standard", *, options=None, subset: str = "kept", model: str = "auto",
+def run_train_stage(run: RunDir, method: str = "standard", *, options=None, subset: str = "kept", model: str = "auto",
                     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
                     device: str = "auto", clean_labels: bool = False, progress=None) -> TrainStage:
     """Train on the run's (noisy) labels with a registered method and write ``RUN/train/``.
 
     Parameters
     ----------
-    run : Run
+    run : RunDir
     method : str
         A name from :data:`cleanpipe.robust.METHODS`.
     options : dataclass, optional
@@ -78,9 +79,6 @@ def run_train_stage(run: Run, method: str = "standard", *, options=None, subset:
     clean_labels : bool
         Benchmarks only: train on the true labels of a run with synthetic noise (the ceiling).
     """
-    from cleanpipe.engine import resolve_device
-    from cleanpipe.recipes import fit_settings
-    from cleanpipe.robust import get_method, train_model
 
     spec = get_method(method)
     options = spec.Options() if options is None else options
@@ -137,20 +135,10 @@ def train_metrics(result, labels: np.ndarray, truth: np.ndarray | None, n_test: 
     return {**metrics, **result.metrics}
 
 
-def model_state(result, dataset, method: str) -> dict:
-    """What ``model.pt`` holds: the first network's weights and what rebuilds and feeds it (plain tensors and values)."""
-    return {"format": MODEL_FORMAT, "model": result.model, "input_shape": list(dataset.input_shape),
-            "n_classes": dataset.n_classes, "class_names": list(dataset.class_names), "method": method,
-            "mean": result.mean, "std": result.std,
-            "state_dict": {k: v.detach().cpu() for k, v in result.nets[0].state_dict().items()}}
-
-
 def _write_train_files(writer, result, dataset, extra: dict, method: str) -> None:
     import csv
 
-    import torch
-
-    torch.save(model_state(result, dataset, method), writer.path("model.pt"))
+    save_model(writer.path("model.pt"), model_state(result, dataset, method))
     columns = list(dict.fromkeys(k for row in result.history for k in row))  # every epoch's keys, first seen first
     with open(writer.path("history.csv"), "w", newline="") as f:  # the csv module: pandas costs 0.25 s to import
         out = csv.DictWriter(f, columns, restval="", lineterminator="\n")
@@ -161,51 +149,3 @@ def _write_train_files(writer, result, dataset, extra: dict, method: str) -> Non
             np.savez(writer.path(name), **content)
         else:
             content.to_csv(writer.path(name), index=False)
-
-
-def load_model(path: Path):
-    """Rebuild a network saved by the train stage; returns ``(net, state)`` (weights only, never pickled code)."""
-    import torch
-
-    from cleanpipe.models import build_model
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CleanpipeError(f"{path}: no such file; run `cleanpipe train` first") from None
-    except Exception as e:  # noqa: BLE001 - a torn or foreign file is a user error, not a crash
-        raise CleanpipeError(f"{path}: not a cleanpipe model ({type(e).__name__}); re-run `cleanpipe train`") from None
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise CleanpipeError(f"{path}: not a cleanpipe model file; re-run `cleanpipe train`")
-    net = build_model(state["model"], tuple(state["input_shape"]), int(state["n_classes"]))
-    try:
-        net.load_state_dict(state["state_dict"])
-    except RuntimeError:
-        raise CleanpipeError(f"{path}: its weights do not fit a {state['model']}; re-run `cleanpipe train`") from None
-    return net.eval(), state
-
-
-def evaluate(run: Run, checkpoint: Path | None = None, device: str = "auto") -> dict:
-    """Accuracy and the confusion matrix (rows = true class, counts) of a trained model on the run's test split."""
-    from cleanpipe.engine import resolve_device
-    from cleanpipe.predict import model_probabilities
-
-    dev = resolve_device(device)
-    if checkpoint is None:
-        run.require("train", hint=f"cleanpipe train {run.root}")
-        checkpoint = run.path("train", "model.pt")
-    net, state = load_model(Path(checkpoint))
-    _, ds, _ = run.bind_dataset(None)
-    if not len(ds.y_test):
-        raise CleanpipeError(
-            f"{run.root} has no test split (made with --test-fraction 0), so there is nothing to evaluate on; "
-            f"label new data with `cleanpipe predict {run.root} --data PATH`, or make a run with --test-fraction 0.2"
-        )
-    if tuple(state["input_shape"]) != tuple(ds.input_shape) or int(state["n_classes"]) != ds.n_classes:
-        raise CleanpipeError(f"{checkpoint} was trained on data of another shape or class count than {run.root}'s")
-    pred = model_probabilities(net, state, ds.X_test, dev).argmax(1)
-    K = ds.n_classes
-    confusion = np.zeros((K, K), dtype=np.int64)
-    np.add.at(confusion, (ds.y_test, pred), 1)
-    return {"accuracy": float(np.mean(pred == ds.y_test)), "confusion": confusion, "class_names": list(ds.class_names),
-            "n_test": int(len(ds.y_test)), "checkpoint": str(checkpoint)}

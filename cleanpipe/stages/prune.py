@@ -21,9 +21,19 @@ from cleanpipe.detect.confident import (
     validate_inputs,
     worst_first,
 )
+from cleanpipe.detect.incv import incv_select, incv_settings
+from cleanpipe.engine import resolve_device
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.metrics import detection_metrics, error_auroc, error_average_precision, recall_at_k
-from cleanpipe.run import Run, load_npy
+from cleanpipe.files import load_npy
+from cleanpipe.labels import read_labels
+from cleanpipe.metrics import (
+    detection_metrics,
+    error_auroc,
+    error_average_precision,
+    recall_at_k,
+)
+from cleanpipe.robust.coteaching import incv_forget_rate
+from cleanpipe.rundir import RunDir
 from cleanpipe.validation import check_choice, check_number
 
 
@@ -51,7 +61,7 @@ class PruneStage:
     report: object  # pandas.DataFrame: the report's first REPORT_HEAD rows, worst first (the file has them all)
 
 
-def _run_inputs(run: Run) -> PruneInputs:
+def _run_inputs(run: RunDir) -> PruneInputs:
     run.require("crossval", hint=f"cleanpipe crossval {run.root}")
     _, ds, _ = run.bind_dataset(None)
     pred_probs = load_npy(run.path("crossval", "pred_probs.npy"), what="pred_probs")
@@ -63,7 +73,6 @@ def _run_inputs(run: Run) -> PruneInputs:
 
 
 def _file_inputs(pred_probs_file: Path, labels_file: Path, true_labels_file: Path | None) -> PruneInputs:
-    from cleanpipe.labels import read_labels
 
     pred_probs = load_npy(Path(pred_probs_file), what="pred_probs")
     if pred_probs.ndim != 2:
@@ -115,7 +124,7 @@ def write_report_csv(columns: dict[str, np.ndarray], path: Path) -> None:
 
 
 def run_prune_stage(
-    run: Run,
+    run: RunDir,
     *,
     method: str = "prune_by_noise_rate",
     pred_probs_file: Path | None = None,
@@ -131,7 +140,7 @@ def run_prune_stage(
 
     Parameters
     ----------
-    run : Run
+    run : RunDir
     method : str
         A cleanlab ``filter_by`` name, a paper alias (``cl-pbnr``, ``cl-pbc``, ``cl-both``,
         ``cj-only``, ``argmax``), or ``incv``.
@@ -174,7 +183,7 @@ def run_prune_stage(
         return _write_prune(run, inputs, det, canonical, parameters)
 
 
-def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, parameters: dict,
+def _write_prune(run: RunDir, inputs: PruneInputs, det: Detection, method: str, parameters: dict,
                  extra_columns: dict | None = None, extra_metrics: dict | None = None,
                  extra_arrays: dict | None = None) -> PruneStage:
     import pandas as pd
@@ -223,12 +232,8 @@ def _write_prune(run: Run, inputs: PruneInputs, det: Detection, method: str, par
     return PruneStage(det, inputs, method, manifest, head)
 
 
-def _run_incv_stage(run: Run, opts: dict, progress) -> PruneStage:
+def _run_incv_stage(run: RunDir, opts: dict, progress) -> PruneStage:
     from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
-
-    from cleanpipe.detect.incv import incv_select, incv_settings
-    from cleanpipe.robust.coteaching import incv_forget_rate
-    from cleanpipe.engine import resolve_device
 
     pattern = check_choice(opts.get("pattern", "auto"), "noise_pattern", ("auto", "symmetric", "asymmetric"))
     iterations = check_number(int(opts.get("iterations", 4)), "iterations", low=1)

@@ -1,4 +1,5 @@
-"""``cleanpipe predict``: a run's trained model labels new data shaped like the run's.
+"""``cleanpipe predict`` and ``cleanpipe evaluate``: a run's trained model labels new data shaped like the
+run's, or is scored on the run's test split.
 
 New data is read as :mod:`cleanpipe.data.unlabeled` reads it (a folder of images resized as the run's
 were, a table with the run's feature columns, an ``.npz`` with ``X``), scored in batches with the
@@ -14,33 +15,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from cleanpipe.data import DataSpec
+from cleanpipe.data.unlabeled import load_unlabeled
+from cleanpipe.engine import resolve_device
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run
-
-PREDICT_BATCH = 4096  # rows per progress step (the engine batches within it)
-
-
-def model_probabilities(net, state: dict, X: np.ndarray, device, progress=None, batch: int = PREDICT_BATCH) -> np.ndarray:
-    """Softmax probabilities float32 (N, K) of a saved model (:func:`cleanpipe.train.load_model`) on ``X``.
-
-    ``X`` is what the model was trained on in kind: uint8 (N, C, H, W) or float32 (N, D). It is
-    normalised with the training rows' statistics stored in the model file.
-    """
-    from cleanpipe.engine import DeviceData, TrainConfig, predict_proba
-
-    net = net.to(device)
-    cfg = TrainConfig(channels_last=False)
-    out = []
-    if progress is not None:
-        progress.start("predict", len(X), level=0)
-    stats = SimpleNamespace(mean=state["mean"], std=state["std"])  # the training rows' normalisation
-    for s in range(0, len(X), batch):
-        data = DeviceData(X[s : s + batch], device, stats=stats)
-        out.append(predict_proba(net, data, np.arange(len(data)), cfg))
-        if progress is not None:
-            progress.advance(0, completed=min(len(X), s + batch))
-    K = int(state["n_classes"])
-    return np.concatenate(out) if out else np.zeros((0, K), dtype=np.float32)
+from cleanpipe.files import atomic_write_bytes
+from cleanpipe.rundir import RunDir
+from cleanpipe.saved_model import load_model, model_probabilities
 
 
 def predictions_table(ids: np.ndarray, probs: np.ndarray, class_names: list[str], with_probs: bool = False):
@@ -66,13 +47,13 @@ class PredictStage:
     device: str
 
 
-def run_predict(run: Run, data: Path, *, kind: str | None = None, out: Path | None = None, with_probs: bool = False,
+def run_predict(run: RunDir, data: Path, *, kind: str | None = None, out: Path | None = None, with_probs: bool = False,
                 checkpoint: Path | None = None, device: str = "auto", progress=None) -> PredictStage:
     """Label ``data`` with the run's trained model; writes ``out`` (default ``RUN/predict/predictions.csv``).
 
     Parameters
     ----------
-    run : Run
+    run : RunDir
         A run with a train stage (or give ``checkpoint``).
     data : Path
         A folder of images, a ``.csv``/``.parquet`` table with the run's feature columns, or an ``.npz``
@@ -82,11 +63,6 @@ def run_predict(run: Run, data: Path, *, kind: str | None = None, out: Path | No
     out : Path, optional
         A ``.csv`` file in an existing folder; default ``RUN/predict/predictions.csv`` (with a manifest).
     """
-    from cleanpipe.data import DataSpec
-    from cleanpipe.data.unlabeled import load_unlabeled
-    from cleanpipe.engine import resolve_device
-    from cleanpipe.run import atomic_write_bytes
-    from cleanpipe.train import load_model
 
     if out is not None:
         out = Path(out)
@@ -128,3 +104,27 @@ def run_predict(run: Run, data: Path, *, kind: str | None = None, out: Path | No
     pred = probs.argmax(1)
     counts = {names[k]: int(c) for k, c in enumerate(np.bincount(pred, minlength=len(names))) if c}
     return PredictStage(out, int(len(ids)), counts, float(probs.max(1).mean()) if len(probs) else 0.0, str(dev))
+
+
+def evaluate(run: RunDir, checkpoint: Path | None = None, device: str = "auto") -> dict:
+    """Accuracy and the confusion matrix (rows = true class, counts) of a trained model on the run's test split."""
+
+    dev = resolve_device(device)
+    if checkpoint is None:
+        run.require("train", hint=f"cleanpipe train {run.root}")
+        checkpoint = run.path("train", "model.pt")
+    net, state = load_model(Path(checkpoint))
+    _, ds, _ = run.bind_dataset(None)
+    if not len(ds.y_test):
+        raise CleanpipeError(
+            f"{run.root} has no test split (made with --test-fraction 0), so there is nothing to evaluate on; "
+            f"label new data with `cleanpipe predict {run.root} --data PATH`, or make a run with --test-fraction 0.2"
+        )
+    if tuple(state["input_shape"]) != tuple(ds.input_shape) or int(state["n_classes"]) != ds.n_classes:
+        raise CleanpipeError(f"{checkpoint} was trained on data of another shape or class count than {run.root}'s")
+    pred = model_probabilities(net, state, ds.X_test, dev).argmax(1)
+    K = ds.n_classes
+    confusion = np.zeros((K, K), dtype=np.int64)
+    np.add.at(confusion, (ds.y_test, pred), 1)
+    return {"accuracy": float(np.mean(pred == ds.y_test)), "confusion": confusion, "class_names": list(ds.class_names),
+            "n_test": int(len(ds.y_test)), "checkpoint": str(checkpoint)}

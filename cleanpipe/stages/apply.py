@@ -1,4 +1,5 @@
-"""A reviewer's decisions (``corrections.csv`` from the review page) turned into a label file.
+"""The apply stage (``cleanpipe apply``): a reviewer's decisions (``corrections.csv`` from the review page)
+turned into a label file.
 
 ``corrections.csv`` has one row per decided example: ``id,decision,label`` with ``decision`` one of
 ``keep`` (the given label stands), ``relabel`` (``label`` is the new class name) or ``exclude`` (the
@@ -16,9 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
+from cleanpipe.data import DataSpec, load_dataset
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.labels import EXCLUDED
-from cleanpipe.run import Run, file_digest
+from cleanpipe.files import file_digest
+from cleanpipe.labels import EXCLUDED, check_label_path, id_positions, write_labels
+from cleanpipe.rundir import RunDir
 
 DECISIONS = ("keep", "relabel", "exclude")
 SKIP = "skip"  # accepted in a hand-written file: no decision, the label stands
@@ -94,8 +97,8 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
     if dup.any():
         k = int(np.argmax(dup))
         raise CleanpipeError(f"corrections file {path}: ID {keys[k]!r} appears twice (line {line(k)}); keep one decision per example")
-    position = {str(i): n for n, i in enumerate(ids)}
-    unknown = [k for k in keys if k not in position]
+    positions = id_positions(keys, ids, path)
+    unknown = [k for k, r in zip(keys, positions) if r < 0]
     if unknown:
         test = set(map(str, other_ids))
         where = " (it is in the test split, which review does not cover)" if unknown[0] in test else ""
@@ -109,9 +112,8 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
                              f"{', '.join(DECISIONS)} (or {SKIP})")
     decided = decision != SKIP
     n_skipped = int((~decided).sum())
-    df, decision, keys = df[decided], decision[decided], [k for k, d in zip(keys, decided) if d]
+    df, decision, keys, rows = df[decided], decision[decided], [k for k, d in zip(keys, decided) if d], positions[decided]
     line = lambda k: int(np.flatnonzero(decided)[k]) + 2  # noqa: E731 - line numbers of the file as written
-    rows = np.asarray([position[k] for k in keys], dtype=np.int64)
     by_name = {str(c): n for n, c in enumerate(class_names)}
     names = df["label"].str.strip().tolist()
     label = np.empty(len(rows), dtype=np.int64)
@@ -151,14 +153,12 @@ class ApplyStage:
     next_command: str
 
 
-def run_apply_stage(run: Run, corrections_path: Path, out: Path) -> ApplyStage:
+def run_apply_stage(run: RunDir, corrections_path: Path, out: Path) -> ApplyStage:
     """Write the corrected labels of ``run``'s training split to ``out`` and record it in ``RUN/apply/``.
 
     ``out`` covers every training example of the run's data source (earlier exclusions stay ``-1``),
     in the format its suffix names, and is what ``--labels`` reads.
     """
-    from cleanpipe.data import load_dataset
-    from cleanpipe.labels import check_label_path, write_labels
 
     out = check_label_path(Path(out), "out")
     corrections_path = Path(corrections_path)
@@ -202,7 +202,6 @@ def run_apply_stage(run: Run, corrections_path: Path, out: Path) -> ApplyStage:
 
 def _next_command(spec, out: Path) -> str:
     """The ``cleanpipe run`` that checks and trains on the corrected labels (a new run directory)."""
-    from cleanpipe.data import DataSpec
 
     q = shlex.quote
     parts = ["cleanpipe run RUN2", f"--dataset {spec.source}"]

@@ -1,4 +1,4 @@
-"""Noise transition matrices and sampling noisy labels.
+"""Noise transition matrices and sampling noisy labels: the array-level core of ``cleanpipe noise``.
 
 Every matrix here is column-stochastic: ``M[i, j] = P(noisy label = i | true label = j)``,
 the convention of cleanlab and of ``noise/noise_matrix.npy``.
@@ -44,13 +44,12 @@ so a benchmark's noise is what it says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cleanpipe.data.base import largest_remainder
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run
+from cleanpipe.validation import ParameterError
 
 KINDS = ("symmetric", "uniform", "asymmetric", "pairflip", "random")  # the kinds drawn from a matrix
 REALISTIC_KINDS = ("semantic",)  # the kinds made by a model of the data (they need the examples, not only labels)
@@ -111,9 +110,9 @@ def noise_matrix(
         Only for ``random``: the matrix's seed (cleanlab's ``seed``).
     """
     K = int(n_classes)
-    _check_args(kind, K, rate, sparsity)
+    check_noise_arguments(kind, K, rate, sparsity)
     if kind in REALISTIC_KINDS:
-        raise CleanpipeError(f"--kind {kind} has no matrix beforehand: it is made from the data (semantic_noisy_labels)")
+        raise ParameterError("kind", f"{kind!r} has no matrix beforehand: it is made from the data (semantic_noisy_labels)")
     eye = np.eye(K)
     if rate == 0.0:
         return eye
@@ -125,7 +124,7 @@ def noise_matrix(
         return (1.0 - rate) * eye + rate * np.roll(eye, 1, axis=0)
     if kind == "asymmetric":
         if not class_map:
-            raise CleanpipeError("--kind asymmetric needs a class map: give --map SRC:DST,... (e.g. --map 3:8,5:6)")
+            raise ParameterError("class_map", "is needed for {kind} asymmetric: give pairs SRC:DST,... (e.g. 3:8,5:6)")
         M = eye.copy()
         for src, dst in class_map.items():
             M[src, src], M[dst, src] = 1.0 - rate, rate
@@ -155,22 +154,23 @@ def _paper_sampling(K: int, rate: float) -> bool:
     return isinstance(_random_trace(K, rate), int)
 
 
-def _check_args(kind: str, K: int | None, rate: float, sparsity: float) -> None:
+def check_noise_arguments(kind: str, K: int | None, rate: float, sparsity: float) -> None:
+    """Refuse a kind, rate or sparsity that makes no noise (``K`` None: the class count is not known yet)."""
     if kind not in ALL_KINDS:
-        raise CleanpipeError(f"unknown noise kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
+        raise ParameterError("kind", f"{{name}}: unknown noise kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
     if kind in REALISTIC_KINDS and not rate < 1.0:
-        raise CleanpipeError(f"--kind {kind} needs --rate below 1 (the labeler's own share keeps its labels), got {rate}")
+        raise ParameterError("rate", f"must be below 1 for {{kind}} {kind} (the labeler's own share keeps its labels), got {rate}")
     if K is not None and K < 2:
         raise CleanpipeError(f"noise needs at least 2 classes, got {K}")
     if not (np.isfinite(rate) and 0.0 <= rate <= 1.0):
-        raise CleanpipeError(f"--rate must lie in [0, 1], got {rate}")
+        raise ParameterError("rate", f"must lie in [0, 1], got {rate}")
     if not (np.isfinite(sparsity) and 0.0 <= sparsity <= 1.0):
-        raise CleanpipeError(f"--sparsity must lie in [0, 1], got {sparsity}")
+        raise ParameterError("sparsity", f"must lie in [0, 1], got {sparsity}")
     if sparsity and kind != "random":
-        raise CleanpipeError("--sparsity applies only to --kind random")
+        raise ParameterError("sparsity", "applies only to {kind} random")
     if kind == "random" and K is not None and _random_trace(K, rate) < 1:
-        raise CleanpipeError(
-            f"--kind random needs the trace K(1 - rate) to be at least 1; with K={K} use --rate <= {1 - 1 / K:.3g}"
+        raise ParameterError(
+            "rate", f"must be at most {1 - 1 / K:.3g} for {{kind}} random with K={K} (the trace K(1 - rate) must be at least 1)"
         )
 
 
@@ -277,111 +277,6 @@ def make_noisy_labels(
     )
 
 
-LABELER_FRACTION = 0.05  # IEG's (and Lee et al.'s) 5% of CIFAR-10: a labeler that errs like a weak annotator
-
-
-@dataclass
-class SemanticNoise:
-    """What :func:`semantic_noisy_labels` made: the labels and how the labeler did.
-
-    Attributes
-    ----------
-    result : NoiseResult
-        ``noise_matrix`` is the realised ``P(noisy = i | true = j)``.
-    labeler_rows : np.ndarray
-        int64 (n_small,): the rows the labeler was trained on (their labels never change).
-    labeler_accuracy : float
-        Its accuracy on the other rows, against the given labels.
-    settings : dict
-        The labeler's training recipe (crossval's for this data).
-    """
-
-    result: NoiseResult
-    labeler_rows: np.ndarray
-    labeler_accuracy: float
-    settings: dict
-
-
-def semantic_noisy_labels(
-    X: np.ndarray,
-    labels: np.ndarray,
-    rate: float,
-    *,
-    n_classes: int,
-    labeler_fraction: float = LABELER_FRACTION,
-    source: str | None = None,
-    seed: int = 0,
-    device: str = "auto",
-) -> SemanticNoise:
-    """IEG's semantic noise: wrong labels that a network trained on little data believes.
-
-    A stratified share ``labeler_fraction`` of the rows (at least 2 of each class) trains crossval's
-    recipe network for this data; it scores every other row, and the ``round(rate * N)`` rows with the
-    highest probability on a class other than their label take that class. So the errors are
-    confusions a model makes (a 4 written like a 9), most plausible first, and the rate is exact.
-
-    Parameters
-    ----------
-    X : np.ndarray
-        uint8 (N, C, H, W) images or float32 (N, D) features.
-    labels : np.ndarray
-        int (N,), values 0..K-1, taken as true.
-    rate : float
-        In [0, 1): the share of all N rows to mislabel. At most the share outside the labeler's rows.
-    n_classes : int
-    labeler_fraction : float
-        In (0, 1): the labeler's share of the data.
-    source : str, optional
-        The data source, for the recipe (flips only on natural images).
-    seed : int
-        Seeds the labeler's rows, its training and ties.
-    device : {'auto', 'cpu', 'cuda'}
-
-    Returns
-    -------
-    SemanticNoise
-    """
-    from cleanpipe.crossval import default_settings, train_fold
-
-    labels = np.asarray(labels, dtype=np.int64)
-    N = len(labels)
-    if not 0.0 < labeler_fraction < 1.0:
-        raise CleanpipeError(f"--labeler-fraction must lie in (0, 1), got {labeler_fraction}")
-    rng = np.random.default_rng([seed, 2])
-    small = np.zeros(N, dtype=bool)
-    for j in range(n_classes):
-        members = np.flatnonzero(labels == j)
-        take = min(len(members), max(2, int(round(labeler_fraction * len(members)))))
-        small[rng.choice(members, size=take, replace=False)] = True
-    n_flip = int(round(rate * N))
-    if n_flip > int((~small).sum()):
-        raise CleanpipeError(
-            f"--rate {rate:g} asks for {n_flip:,} wrong labels but only {int((~small).sum()):,} rows are outside the "
-            f"labeler's share; lower --rate or --labeler-fraction")
-    # One model, plain predictions: the labeler is a weak annotator, not a tuned detector.
-    settings = default_settings(tuple(X.shape[1:]), source, seed=seed, n_folds=2, tta=False, repeats=1)
-    plan = np.where(small, 1, 0).astype(np.int64)  # fold 0 is scored by a model trained on fold 1, the small share
-    fold = train_fold(X, labels, plan, 0, settings, n_classes, device=device)
-    probs = fold.probs.astype(np.float64)
-    others = fold.rows
-    wrong = probs.copy()
-    wrong[np.arange(len(others)), labels[others]] = -1.0
-    wrong_class = wrong.argmax(axis=1)
-    belief = wrong.max(axis=1)
-    # Most believed first; equal beliefs in a seeded random order.
-    order = np.lexsort((rng.permutation(len(others)), -np.round(belief, 7)))[:n_flip]
-    noisy = labels.copy()
-    noisy[others[order]] = wrong_class[order]
-    M = transition_matrix(labels, noisy, n_classes)
-    actual = float(np.mean(noisy != labels)) if N else 0.0
-    return SemanticNoise(
-        result=NoiseResult(noisy, M, actual, actual),
-        labeler_rows=np.flatnonzero(small),
-        labeler_accuracy=float(np.mean(probs.argmax(1) == labels[others])),
-        settings={k: v for k, v in settings.as_dict().items() if k != "n_folds"},
-    )
-
-
 def transition_matrix(true_labels: np.ndarray, noisy_labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Empirical ``P(noisy = i | true = j)`` as a (K, K) float64 array (empty columns are 0)."""
     counts = np.zeros((n_classes, n_classes))
@@ -420,8 +315,9 @@ def default_class_map(source: str | None, n_classes: int, meta: dict | None = No
             for a, b in zip(members, np.roll(members, -1)):
                 out[int(a)] = int(b)
         return out
-    raise CleanpipeError(
-        f"no standard class map for dataset {source or 'a bare label file'}; give one with --map SRC:DST,... (e.g. --map 3:8,5:6)"
+    raise ParameterError(
+        "class_map", f"is needed: dataset {source or 'a bare label file'} has no standard class map; give pairs "
+        "SRC:DST,... (e.g. 3:8,5:6)"
     )
 
 
@@ -439,149 +335,21 @@ def parse_class_map(text: str, class_names: list[str]) -> dict[int, int]:
     for pair in filter(None, (p.strip() for p in text.split(","))):
         parts = [p.strip() for p in pair.split(":")]
         if len(parts) != 2 or not all(parts):
-            raise CleanpipeError(f"--map: {pair!r} is not SRC:DST (write e.g. --map 3:8,5:6)")
+            raise ParameterError("class_map", f"{{name}}: {pair!r} is not SRC:DST (write e.g. 3:8,5:6)")
         ids = []
         for name in parts:
             if name not in lookup:
-                raise CleanpipeError(
-                    f"--map: unknown class {name!r}; classes are 0..{len(class_names) - 1}"
+                raise ParameterError(
+                    "class_map", f"{{name}}: unknown class {name!r}; classes are 0..{len(class_names) - 1}"
                     + (f" or names like {class_names[0]!r}" if class_names and class_names[0] != "0" else "")
                 )
             ids.append(lookup[name])
         src, dst = ids
         if src == dst:
-            raise CleanpipeError(f"--map: {pair!r} maps a class to itself")
+            raise ParameterError("class_map", f"{{name}}: {pair!r} maps a class to itself")
         if src in out:
-            raise CleanpipeError(f"--map: class {parts[0]!r} is mapped twice")
+            raise ParameterError("class_map", f"{{name}}: class {parts[0]!r} is mapped twice")
         out[src] = dst
     if not out:
-        raise CleanpipeError("--map is empty; write e.g. --map 3:8,5:6")
+        raise ParameterError("class_map", "is empty; write e.g. 3:8,5:6")
     return out
-
-
-# ---- the stage ---------------------------------------------------------------------------
-
-
-@dataclass
-class NoiseStage:
-    """What ``cleanpipe noise`` did, for the CLI's summary."""
-
-    result: NoiseResult
-    true_labels: np.ndarray
-    class_names: list[str]
-    manifest: dict
-    source: str
-
-
-def run_noise_stage(
-    run: Run,
-    *,
-    spec=None,
-    labels_file: Path | None = None,
-    kind: str,
-    rate: float,
-    sparsity: float = 0.0,
-    class_map: str | None = None,
-    n_classes: int | None = None,
-    seed: int = 0,
-    labeler_fraction: float = LABELER_FRACTION,
-    device: str = "auto",
-) -> NoiseStage:
-    """Noise the training labels of a run's dataset (or a bare label file) into ``RUN/noise/``.
-
-    Parameters
-    ----------
-    run : Run
-    spec : DataSpec, optional
-        The dataset to bind to the run; None uses the run's own ``dataset.json``
-        (or, with ``labels_file``, no dataset at all).
-    labels_file : Path, optional
-        Standalone form (with ``spec=None``): noise this label vector (.npy/.csv/.json).
-        With a ``spec``, put the file in ``spec.labels`` instead.
-    kind, rate, sparsity, seed : see :func:`make_noisy_labels`.
-    class_map : str, optional
-        ``--map`` text for ``asymmetric``; None takes the dataset's standard map.
-    n_classes : int, optional
-        Standalone form only; default ``max(label) + 1``.
-    labeler_fraction, device
-        ``semantic`` only: the labeler's share of the data and where it trains.
-    """
-    from cleanpipe.labels import read_labels
-
-    standalone = spec is None and labels_file is not None
-    _check_args(kind, n_classes, rate, sparsity)  # fail before touching the disk (K is checked once known)
-    if class_map and kind != "asymmetric":
-        raise CleanpipeError("--map applies only to --kind asymmetric")
-    if n_classes and not standalone:
-        raise CleanpipeError("--n-classes applies only to the standalone form (--labels FILE without --dataset)")
-    if kind in REALISTIC_KINDS and standalone:
-        raise CleanpipeError(f"--kind {kind} learns from the examples: give the data (--dataset ...), not a bare label file")
-    if labeler_fraction != LABELER_FRACTION and kind not in REALISTIC_KINDS:
-        raise CleanpipeError("--labeler-fraction applies only to --kind semantic")
-    if kind in REALISTIC_KINDS:
-        from cleanpipe.engine import resolve_device
-
-        resolve_device(device)
-    with run.transaction():
-        if standalone:
-            if run.dataset_json() is not None:
-                raise CleanpipeError(
-                    f"{run.root} already has a dataset; noise a bare --labels file in a new run directory"
-                )
-            labels = read_labels(Path(labels_file))
-            K = int(n_classes) if n_classes else int(labels.max()) + 1
-            if labels.max() >= K:
-                raise CleanpipeError(f"{labels_file} has label {labels.max()} but --n-classes is {K}")
-            class_names, source, meta, ds = [str(k) for k in range(K)], None, {}, None
-        else:
-            spec, ds, is_new = run.bind_dataset(spec)
-            labels, K, class_names, source, meta = ds.y_train, ds.n_classes, ds.class_names, spec.source, ds.meta
-        if kind == "asymmetric":
-            cmap = parse_class_map(class_map, class_names) if class_map else default_class_map(source, K, meta)
-        else:
-            cmap = None
-        extra: dict = {}
-        if kind == "semantic":
-            sem = semantic_noisy_labels(ds.X_train, labels, rate, n_classes=K, labeler_fraction=labeler_fraction,
-                                        source=source, seed=seed, device=device)
-            result = sem.result
-            extra = {"labeler_accuracy": round(sem.labeler_accuracy, 6), "labeler_rows": int(len(sem.labeler_rows)),
-                     "top_confusions": top_confusions(labels, result.noisy_labels, class_names)}
-        else:
-            result = make_noisy_labels(labels, kind, rate, n_classes=K, class_map=cmap, sparsity=sparsity, seed=seed)
-        changed = result.noisy_labels != labels
-        parameters = {
-            "kind": kind,
-            "rate": rate,
-            "sparsity": sparsity,
-            "seed": seed,
-            "class_map": {str(k): v for k, v in cmap.items()} if cmap else None,
-            "labels_file": str(Path(labels_file).resolve()) if standalone else None,
-            "n_classes": K,
-        }
-        if kind == "semantic":
-            parameters.update({"labeler_fraction": labeler_fraction, "labeler": sem.settings})
-        with run.write_stage("noise") as w:
-            w.save_npy("noisy_labels.npy", result.noisy_labels)
-            w.save_npy("noise_matrix.npy", result.noise_matrix)
-            if kind == "semantic":
-                w.save_npy("labeler_rows.npy", sem.labeler_rows)
-            if standalone:
-                w.record_input(Path(labels_file))
-            else:
-                if is_new:
-                    run.write_dataset(spec, ds)
-                w.record_input(run.root / "dataset.json")
-            manifest = w.finish(
-                parameters=parameters,
-                metrics={
-                    "actual_noise_rate": round(result.actual_noise_rate, 6),
-                    "expected_noise_rate": round(result.expected_noise_rate, 6),
-                    "n_changed": int(changed.sum()),
-                    "n": int(len(labels)),
-                    "n_changed_per_class": np.bincount(labels[changed], minlength=K).tolist(),
-                    "n_per_class": np.bincount(labels, minlength=K).tolist(),
-                    **extra,
-                },
-            )
-    return NoiseStage(result, labels, class_names, manifest, source or "labels file")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cleanpipe.errors import CleanpipeError
-from cleanpipe.run import Run
+from cleanpipe.rundir import RunDir
 
 PAGE_SIZE = 48  # cards per page: the page stays quick with thousands of examples
 THUMB_SIDE = 128  # larger images are shrunk to this side; smaller ones are shown enlarged, pixel for pixel
@@ -105,11 +105,11 @@ def page_html(items: list[dict], class_names: list[str], *, title: str, key: str
     # JSON's \u escapes keep every <, > and & out of the markup.
     payload = (json.dumps(data, separators=(",", ":"), allow_nan=False)
                .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
-    template = resources.files("cleanpipe").joinpath("review_page.html").read_text(encoding="utf-8")
+    template = resources.files("cleanpipe.stages").joinpath("review_page.html").read_text(encoding="utf-8")
     return template.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
 
 
-def run_review_stage(run: Run, *, also: int = 0) -> ReviewStage:
+def run_review_stage(run: RunDir, *, also: int = 0) -> ReviewStage:
     """Write ``RUN/review/review.html`` for the prune stage's flagged examples (and ``also`` more)."""
     import pandas as pd
 
