@@ -13,6 +13,8 @@ import functools
 import importlib
 from types import ModuleType
 
+from cleanpipe.errors import CleanpipeError
+
 
 class _LazyModule:
     """Stands in for a module until an attribute of it is first read, then imports it and forwards to it."""
@@ -34,6 +36,15 @@ class _LazyModule:
 def lazy_module(name: str) -> ModuleType:
     """``name`` (e.g. ``"torch.nn.functional"``), imported when first used."""
     return _LazyModule(name)  # type: ignore[return-value]
+
+
+def import_extra(module: str, *, needed_by: str, extra: str, requirement: str) -> ModuleType:
+    """An optional dependency, or one clear line naming the extra that installs it (no traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise CleanpipeError(f"{needed_by} needs {module}: pip install 'cleanpipe[{extra}]' (or pip install "
+                             f"'{requirement}')") from None
 
 
 def no_grad(fn):

@@ -13,16 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MNIST=${1:-../shared/data/mnist-test}
-PY=${PYTHON:-python3}
-CP="$PY -m cleanpipe"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-
-$PY - <<PYEOF
-import torch
-assert torch.cuda.is_available(), "no CUDA GPU visible: this script is for a GPU machine"
-print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
-PYEOF
+source pipelines/gpu_preamble.sh  # PY, CP, WORK; fails without a CUDA GPU
 
 $PY - "$MNIST" "$WORK/colour.npz" <<'PYEOF'
 import sys, numpy as np

@@ -12,16 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MNIST=${1:-../shared/data/mnist-test}
 EPOCHS=${2:-6}
-PY=${PYTHON:-python3}
-CP="$PY -m cleanpipe"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-
-$PY - <<PYEOF
-import torch
-assert torch.cuda.is_available(), "no CUDA GPU visible: this script is for a GPU machine"
-print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-PYEOF
+source pipelines/gpu_preamble.sh  # PY, CP, WORK; fails without a CUDA GPU
 
 echo "== MNIST-10k, 40% symmetric noise, 4-fold, defaults =="
 $CP noise "$WORK/mnist" --dataset mnist --data "$MNIST" --kind symmetric --rate 0.4 --seed 0 >/dev/null

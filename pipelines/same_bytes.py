@@ -200,8 +200,10 @@ def _compare_file(a: Path, b: Path) -> str | None:
             return f"keys {sorted(x)} vs {sorted(y)}"
         bad = []
         for k in x:
-            if isinstance(x[k], dict):  # the state dict
-                if list(x[k]) != list(y[k]) or not all(torch.equal(x[k][t], y[k][t]) for t in x[k]):
+            if isinstance(x[k], dict):  # the state dict (tensors), the architecture (values)
+                if list(x[k]) != list(y[k]) or not all(
+                        torch.equal(x[k][t], y[k][t]) if isinstance(x[k][t], torch.Tensor) else x[k][t] == y[k][t]
+                        for t in x[k]):
                     bad.append(k)
             elif isinstance(x[k], torch.Tensor):
                 if not torch.equal(x[k], y[k]):

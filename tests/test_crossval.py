@@ -158,6 +158,7 @@ def test_run_command_runs_noise_and_crossval_then_reuses_them(tmp_path, cli):
     assert (run / "crossval" / "pred_probs.npy").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_run_command_uses_the_runs_own_dataset_and_refuses_label_only_runs(tmp_path, cli, cl_dir):
     run = tmp_path / "tab"
     code, out, err = cli("noise", run, "--dataset", "digits", "--split-seed", 3, "--kind", "symmetric", "--rate", 0.2)

@@ -456,7 +456,7 @@ def test_labels_option_replaces_training_labels(tmp_path):
 def test_unknown_source_and_missing_path():
     with pytest.raises(CleanpipeError, match="unknown dataset"):
         load_dataset(DataSpec("imagenet"))
-    with pytest.raises(CleanpipeError, match="needs --data"):
+    with pytest.raises(CleanpipeError, match="needs data"):  # the parameter (the CLI says --data)
         load_dataset(DataSpec("cifar10"))
     with pytest.raises(CleanpipeError, match="no such file"):
         load_dataset(DataSpec("npz", "/nonexistent.npz"))

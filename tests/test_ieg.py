@@ -258,6 +258,7 @@ def test_probe_labels_from_a_file_and_clear_errors(tmp_path, cli):
     assert code == 2 and "--meta-route" in err
 
 
+@pytest.mark.slow
 def test_ieg_cifar_script_smoke(tmp_path, tiny_cifar10):
     """The paper's IEG script on a tiny CIFAR-format fixture: ResNet-29, one epoch, two probe images per class."""
     import os

@@ -85,6 +85,7 @@ def test_incv_has_no_standalone_form(tmp_path, cli):
     assert code == 2 and "no standalone form" in err and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_incv_cifar10_script_smoke(tmp_path, tiny_cifar10):
     """INCV's CIFAR-10 script with the paper's ResNet-32 on a tiny CIFAR-format fixture, one epoch."""
     import os

@@ -157,6 +157,7 @@ def test_stale_crossval_is_refused(tmp_path, cli):
     assert not (run / "prune").exists()
 
 
+@pytest.mark.slow
 def test_cl_table2_script_smoke(tmp_path, tiny_cifar10):
     """The paper's pipeline script end to end on a tiny CIFAR-format fixture, one epoch."""
     import os

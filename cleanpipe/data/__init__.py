@@ -16,7 +16,7 @@ from cleanpipe.data import cifar, digits, folder, mnist, npz, table
 from cleanpipe.data.base import Dataset, index_ids, stratified_split
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.labels import EXCLUDED, read_labels, test_split_conflicts
-from cleanpipe.validation import check_number
+from cleanpipe.validation import ParameterError, check_number
 
 __all__ = ["Dataset", "DataSpec", "SOURCES", "Source", "load_dataset", "index_ids", "stratified_split"]
 
@@ -144,9 +144,9 @@ def load_dataset(spec: DataSpec) -> Dataset:
     src = SOURCES[spec.source]  # a DataSpec names a known source
     if src.needs_path:
         if not spec.path:
-            raise CleanpipeError(f"dataset {spec.source!r} needs --data: {src.layout}")
+            raise ParameterError("data", f"dataset {spec.source!r} needs {{name}}: {src.layout}")
         if not os.path.exists(spec.path):
-            raise CleanpipeError(f"--data {spec.path}: no such file or directory")
+            raise ParameterError("data", f"{{name}} {spec.path}: no such file or directory")
     try:
         ds = src.load(spec)
     except CleanpipeError:

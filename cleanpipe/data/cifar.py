@@ -27,6 +27,7 @@ import numpy as np
 
 from cleanpipe.data.base import Dataset
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError
 
 # source -> (folder name as distributed, train files, test files, label key, meta file, names key)
 LAYOUTS = {
@@ -144,11 +145,11 @@ def _root(path: Path, folder: str, probe: str) -> Path:
 
 def _require(root: Path, files: list[str], folder: str) -> None:
     if not root.is_dir():
-        raise CleanpipeError(f"--data {root}: expected a directory, the extracted {folder}")
+        raise ParameterError("data", f"{{name}} {root}: expected a directory, the extracted {folder}")
     missing = [f for f in files if not (root / f).is_file()]
     if missing:
-        raise CleanpipeError(
-            f"--data {root}: missing {', '.join(missing)}; expected the python version's {folder} "
+        raise ParameterError(
+            "data", f"{{name}} {root}: missing {', '.join(missing)}; expected the python version's {folder} "
             f"folder with {', '.join(files)}"
         )
 

@@ -21,6 +21,7 @@ import numpy as np
 from cleanpipe.data.base import Dataset, stratified_split
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.files import atomic_write_bytes
+from cleanpipe.validation import ParameterError
 
 # Pillow modes that hold one grey channel; anything else is read as RGB.
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -44,12 +45,12 @@ def load(spec) -> Dataset:
     """
     root = Path(spec.path)
     if not root.is_dir():
-        raise CleanpipeError(f"--data {root}: folder expects a directory with one sub-folder per class")
+        raise ParameterError("data", f"{{name}} {root}: folder expects a directory with one sub-folder per class")
     top = _subdirs(root)
     if [d.name for d in top] == ["test", "train"] and all(_subdirs(d) for d in top):
         return _load_split(root, spec.image_size)
     if not top:
-        raise CleanpipeError(f"--data {root}: no class sub-folders; expected {root}/<class name>/<image>")
+        raise ParameterError("data", f"{{name}} {root}: no class sub-folders; expected {root}/<class name>/<image>")
     classes = [d.name for d in top]
     files, y, skipped = _scan(root, root, classes)
     X = read_images(files, spec.image_size)
@@ -62,11 +63,11 @@ def _load_split(root: Path, size: int) -> Dataset:
     classes = [d.name for d in _subdirs(root / "train")]
     unknown = sorted({d.name for d in _subdirs(root / "test")} - set(classes))
     if unknown:
-        raise CleanpipeError(f"--data {root}: test/ has class folders missing from train/: {', '.join(unknown)}")
+        raise ParameterError("data", f"{{name}} {root}: test/ has class folders missing from train/: {', '.join(unknown)}")
     ftr, ytr, s1 = _scan(root / "train", root, classes)
     fte, yte, s2 = _scan(root / "test", root, classes, allow_empty=True)
     if not fte:
-        raise CleanpipeError(f"--data {root}: test/ holds no images")
+        raise ParameterError("data", f"{{name}} {root}: test/ holds no images")
     X = read_images(ftr + fte, size)  # one pass, so train and test share the channel count
     return Dataset(
         X[: len(ftr)], ytr, X[len(ftr):], yte, relative_ids(ftr, root), relative_ids(fte, root),

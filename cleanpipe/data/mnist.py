@@ -21,6 +21,7 @@ import numpy as np
 
 from cleanpipe.data.base import Dataset, index_ids, stratified_split
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -53,12 +54,12 @@ def load(spec) -> Dataset:
     """
     root = Path(spec.path)
     if not root.is_dir():
-        raise CleanpipeError(f"--data {root}: the mnist source needs a directory of IDX files")
+        raise ParameterError("data", f"{{name}} {root}: the mnist source needs a directory of IDX files")
     found = {split: _find_pair(root, split) for split in PAIRS}
     pairs = {split: p for split, p in found.items() if p is not None}
     if not pairs:
         expected = ", ".join(f"{n}[.gz]" for stems in PAIRS.values() for n in stems)
-        raise CleanpipeError(f"--data {root}: no MNIST IDX files found; expected {expected}")
+        raise ParameterError("data", f"{{name}} {root}: no MNIST IDX files found; expected {expected}")
     data = {split: _read_pair(*paths) for split, paths in pairs.items()}
     names = [str(d) for d in range(10)]
     if len(data) == 2:
@@ -86,7 +87,7 @@ def _find_pair(root: Path, split: str) -> tuple[Path, Path] | None:
     if any(p is None for p in paths):
         missing = next(stem for stem, p in zip(PAIRS[split], paths) if p is None)
         present = next(p for p in paths if p is not None)
-        raise CleanpipeError(f"--data {root}: found {present.name} but not its IDX partner {missing}[.gz]")
+        raise ParameterError("data", f"{{name}} {root}: found {present.name} but not its IDX partner {missing}[.gz]")
     return paths[0], paths[1]
 
 

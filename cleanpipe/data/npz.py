@@ -22,6 +22,7 @@ import numpy as np
 
 from cleanpipe.data.base import Dataset, index_ids, stratified_split
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError
 
 KEYS = ("X", "y", "X_test", "y_test", "class_names")
 
@@ -60,7 +61,7 @@ def load(spec) -> Dataset:
 
 def _read(path: Path) -> dict[str, np.ndarray]:
     if path.is_dir():
-        raise CleanpipeError(f"--data {path}: the npz source reads a .npz file, not a directory")
+        raise ParameterError("data", f"{{name}} {path}: the npz source reads a .npz file, not a directory")
     # np.load takes any non-zip, non-.npy file for a pickle; say what it really is instead.
     if not zipfile.is_zipfile(path):
         raise CleanpipeError(f"{path}: not an .npz archive; write one with np.savez(path, X=..., y=...)")

@@ -11,6 +11,7 @@ import numpy as np
 
 from cleanpipe.data.base import Dataset, index_ids, stratified_split
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.validation import ParameterError
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -52,7 +53,7 @@ def read_table(path: Path):
 
     suffix = path.suffix.lower()
     if path.is_dir() or suffix not in SUFFIXES:
-        raise CleanpipeError(f"--data {path}: the table source reads a .csv or .parquet file")
+        raise ParameterError("data", f"{{name}} {path}: the table source reads a .csv or .parquet file")
     try:
         return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
     except ImportError as e:

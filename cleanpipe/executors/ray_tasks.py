@@ -7,14 +7,11 @@ from typing import Callable, Iterator
 
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.executors.options import RayOptions
+from cleanpipe.lazy import import_extra
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise CleanpipeError("--executor ray needs Ray: pip install 'cleanpipe[ray]' (or pip install 'ray>=2.9')") from None
-    return ray
+    return import_extra("ray", needed_by="--executor ray", extra="ray", requirement="ray>=2.9")
 
 
 def preflight(options: RayOptions) -> None:

@@ -9,14 +9,11 @@ from typing import Callable, Iterator
 
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.executors.options import SlurmOptions
+from cleanpipe.lazy import import_extra
 
 
 def import_submitit():
-    try:
-        import submitit
-    except ImportError:
-        raise CleanpipeError("--executor slurm needs submitit: pip install 'cleanpipe[slurm]' (or pip install submitit)") from None
-    return submitit
+    return import_extra("submitit", needed_by="--executor slurm", extra="slurm", requirement="submitit>=1.5")
 
 
 def preflight(options: SlurmOptions) -> None:

@@ -33,7 +33,7 @@ from cleanpipe.engine import (
     place_nets,
     predict_proba,
 )
-from cleanpipe.files import atomic_path
+from cleanpipe.files import atomic_path, atomic_write_bytes
 from cleanpipe.lazy import lazy_module
 from cleanpipe.recipes import build_network
 from cleanpipe.validation import check_choice
@@ -354,8 +354,7 @@ class Trainer:
             epoch_started[0] = time.perf_counter()
             history[:] = [h for h in history if h["epoch"] <= epoch] + [row]
             if history_file is not None:
-                history_file.parent.mkdir(parents=True, exist_ok=True)
-                history_file.write_text(json.dumps(history))
+                atomic_write_bytes(history_file, json.dumps(history).encode())
             scored = f", test accuracy {test_acc[0]:.3f}" if test_acc else ""
             self.progress.advance(0, completed=epoch + 1, note=f"loss {m['loss']:.3f}{scored}")
 
