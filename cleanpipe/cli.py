@@ -90,7 +90,7 @@ def user_errors(fn: Callable) -> Callable:
     """Turn user-caused errors into one clear line and exit code 2 (no traceback).
 
     A :class:`~cleanpipe.validation.ParameterError` names Python parameters; the line names the flags
-    they came from instead (the command's own, else ``train``'s: ``run`` passes them on).
+    they came from instead (the command's own; else the parameter's name as a flag).
     """
 
     @functools.wraps(fn)
@@ -101,8 +101,9 @@ def user_errors(fn: Callable) -> Callable:
                     raise ParameterError(name, f"must be between 0 and 2**32 - 1, got {kwargs[name]}")
             return fn(*args, **kwargs)
         except ParameterError as e:
-            flags = {**_flags(train), **_flags(wrapper)}
-            err_console.print(f"[bold red]error:[/] {e.render(flags.get(e.parameter, e.parameter), flags)}")
+            own = _flags(wrapper)  # a parameter the command lacks: the flag it would have (`--student-model`)
+            flags = {p: own.get(p, "--" + p.replace("_", "-")) for p in (e.parameter, *e.mentions)}
+            err_console.print(f"[bold red]error:[/] {e.render(flags[e.parameter], flags)}")
             raise typer.Exit(2) from None
         except CleanpipeError as e:
             err_console.print(f"[bold red]error:[/] {e}")
@@ -166,6 +167,7 @@ MadeRunArg = typer.Argument(..., metavar="RUN", help="Run directory, made by an 
 DeviceOpt = typer.Option("auto", "--device", help=DEVICE_HELP)
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores; use fewer when sharing the machine).")
 MODEL_HELP = "auto | " + _choices(MODELS)
+NETWORK_HELP = "auto | " + _choices(name for name, info in MODELS.items() if info.network)  # what train trains
 
 DATA = _group(
     dataset=(Optional[str], typer.Option(None, "--dataset", "-d", help=f"Data source: {_choices(SOURCES, ', ')} (see `cleanpipe datasets`).", rich_help_panel="Data")),
@@ -268,7 +270,7 @@ def datasets() -> None:
 @with_options(DATA)
 def noise(
     run_dir: Path = RunArg,
-    kind: str = typer.Option(..., "--kind", "-k", help=_choices(ALL_KINDS) + " (semantic: a network's confusions)", show_default=False),
+    kind: str = typer.Option(..., "--kind", "-k", help=_choices(ALL_KINDS) + " (the last: the confusions of a network trained on a small labeled share)", show_default=False),
     rate: float = typer.Option(..., "--rate", "-r", help="Noise rate in [0, 1].", show_default=False),
     sparsity: float = typer.Option(0.0, "--sparsity", help="random: share of zero off-diagonal noise rates."),
     class_map: Optional[str] = typer.Option(None, "--map", help="asymmetric: SRC:DST pairs, e.g. 3:8,5:6 (default: the dataset's standard map)."),
@@ -636,7 +638,7 @@ def train(
     run_dir: Path = MadeRunArg,
     method: str = typer.Option("standard", "--method", help=_methods_help()),
     subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
-    model: str = typer.Option("auto", "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option("auto", "--model", "-m", help=NETWORK_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs (default {_recipe_help('train', 'epochs')})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('train', 'batch_size')})."),
     lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('train', 'lr')})."),
@@ -854,7 +856,7 @@ def run_all(
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.
 
-    Stages: noise, crossval, prune, train, report. Synthetic noise is added only to the embedded demo data (40% symmetric) or when --kind is given: your own data is checked with its labels as they are. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
+    Stages: noise, crossval, prune, train, report; the data: --dataset, else the run's own, else the embedded digits. Synthetic noise is added only to the embedded demo data (40% symmetric) or when --kind is given: your own data is checked with its labels as they are. Re-running reuses what is current: the noise when its settings match, every finished fold, and a finished training with the same method and seed.
 
     Examples:
       [bold]cleanpipe run runs/demo[/]   (digits, 40% symmetric noise, Co-teaching on the kept examples)

@@ -79,12 +79,14 @@ def read_labels(
     return _to_ids(raw, path, class_names, allow_excluded)
 
 
-def read_entries(path: Path, class_names: Sequence[str] | None = None) -> tuple[list[str] | None, np.ndarray]:
+def read_entries(path: Path, class_names: Sequence[str] | None = None, *,
+                 text: bool | None = None) -> tuple[list[str] | None, np.ndarray]:
     """A label file's entries as written, in its order: ``(IDs or None, labels)``; the one reader of label files.
 
     ``.npy``: no IDs. ``.csv``: the label column (see :func:`read_labels`) and, with an ``id`` column, the
     IDs. ``.json``: a list (no IDs) or an ``{id: label}`` object. Labels are the file's raw values (numbers,
-    or text: class names); with ``class_names`` a CSV's values all stay text (names win over numbers).
+    or text: class names). ``text`` (default: with ``class_names``) keeps a CSV's values as text, so that
+    class names win over numbers (a class named "1"); otherwise pandas reads numbers as numbers.
     """
     path = Path(path)
     if not path.is_file():
@@ -94,7 +96,7 @@ def read_entries(path: Path, class_names: Sequence[str] | None = None) -> tuple[
     if suffix not in readers:
         raise CleanpipeError(f"labels file {path}: unknown format {suffix or '(none)'}; use .npy, .csv or .json")
     try:
-        return readers[suffix](path, class_names)
+        return _read_csv(path, class_names, text) if suffix == ".csv" else readers[suffix](path, class_names)
     except (OSError, UnicodeDecodeError) as e:
         raise CleanpipeError(f"labels file {path}: cannot read it ({e})") from None
 
@@ -126,15 +128,16 @@ def _read_npy(path: Path, class_names) -> tuple[None, np.ndarray]:
     return None, arr
 
 
-def _read_csv(path: Path, class_names) -> tuple[list[str] | None, np.ndarray]:
+def _read_csv(path: Path, class_names, as_text: bool | None = None) -> tuple[list[str] | None, np.ndarray]:
     import pandas as pd
 
+    as_text = class_names is not None if as_text is None else as_text
     try:
         head = pd.read_csv(path, nrows=0)
         cols = {str(c).lower(): c for c in head.columns}
         # IDs stay text: "0007" and "7" are different IDs. With class names, every value stays text too,
         # so that classes named "1", "-1", "True" or "NA" are read as those names (names win over numbers).
-        text = {"dtype": str, "keep_default_na": False} if class_names is not None else {}
+        text = {"dtype": str, "keep_default_na": False} if as_text else {}
         kinds = text or {"dtype": {cols[ID_COLUMN]: str} if ID_COLUMN in cols else None}
         df = pd.read_csv(path, **kinds)
         if len(df.columns) == 1 and _is_headerless(str(df.columns[0]), class_names):
@@ -142,6 +145,8 @@ def _read_csv(path: Path, class_names) -> tuple[list[str] | None, np.ndarray]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise CleanpipeError(f"labels file {path}: not a readable CSV ({e})") from None
     col = _label_column(df, path)
+    if ID_COLUMN in cols and col == cols[ID_COLUMN]:
+        raise CleanpipeError(f"labels file {path}: it has only an `id` column; add a label column (id,label)")
     missing = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy() if text else df[col].isna().to_numpy()
     if missing.any():
         raise CleanpipeError(f"labels file {path}: {int(missing.sum())} rows have no label (first: data row {int(np.argmax(missing))})")
@@ -364,7 +369,7 @@ def read_partial_labels(path: Path, ids: Sequence[str], class_names: Sequence[st
         int64 (M,): their labels.
     """
     path = Path(path)
-    keys, values = read_entries(path, class_names)
+    keys, values = read_entries(path, class_names, text=False)  # numbers are class ids here, as they always were
     if keys is None:
         raise CleanpipeError(f"labels file {path}: needs an `id` column naming the examples it labels"
                              if path.suffix.lower() == ".csv" else

@@ -17,17 +17,20 @@ from cleanpipe.errors import CleanpipeError
 
 
 class _LazyModule:
-    """Stands in for a module until an attribute of it is first read, then imports it and forwards to it."""
+    """Stands in for a module until an attribute of it is first read, then imports it and forwards to it.
 
-    __slots__ = ("_name", "_module")
+    Attributes are kept once read, so a module attribute rebound afterwards (a test's monkeypatch of
+    ``torch.x``) is not seen through the stand-in."""
 
     def __init__(self, name: str) -> None:
         self._name, self._module = name, None
 
-    def __getattr__(self, attr: str):
+    def __getattr__(self, attr: str):  # only for names not yet read: each is then kept as a plain attribute
         if self._module is None:
             self._module = importlib.import_module(self._name)
-        return getattr(self._module, attr)
+        value = getattr(self._module, attr)
+        setattr(self, attr, value)  # the training loop's torch.x lookups cost a plain attribute read after the first
+        return value
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}{' (imported)' if self._module is not None else ''}>"

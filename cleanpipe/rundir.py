@@ -55,7 +55,7 @@ def _versions() -> dict[str, str]:
 
 
 class StageWriter:
-    """Collects one stage's outputs in a staging folder; see :meth:`Run.write_stage`."""
+    """Collects one stage's outputs in a staging folder; see :meth:`RunDir.write_stage`."""
 
     def __init__(self, run: "RunDir", stage: str, staging: Path) -> None:
         self.run, self.stage, self.dir = run, stage, staging

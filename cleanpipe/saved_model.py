@@ -61,13 +61,17 @@ def load_model(path: Path):
         raise CleanpipeError(f"{path}: no such file; run `cleanpipe train` first") from None
     except Exception as e:  # noqa: BLE001 - a torn or foreign file is a user error, not a crash
         raise CleanpipeError(f"{path}: not a cleanpipe model ({type(e).__name__}); re-run `cleanpipe train`") from None
-    if not isinstance(state, dict) or state.get("format") not in READABLE:
+    made = state.get("format") if isinstance(state, dict) else None
+    if isinstance(made, str) and made.startswith("cleanpipe-model-") and made not in READABLE:
+        raise CleanpipeError(f"{path}: saved as {made} by a newer cleanpipe; upgrade cleanpipe to read it")
+    if made not in READABLE:
         raise CleanpipeError(f"{path}: not a cleanpipe model file; re-run `cleanpipe train`")
-    net = build_model(state["model"], tuple(state["input_shape"]), int(state["n_classes"]), **architecture_of(state))
     try:
+        net = build_model(state["model"], tuple(state["input_shape"]), int(state["n_classes"]), **architecture_of(state))
         net.load_state_dict(state["state_dict"])
-    except RuntimeError:
-        raise CleanpipeError(f"{path}: its weights do not fit a {state['model']}; re-run `cleanpipe train`") from None
+    except (CleanpipeError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        what = e if isinstance(e, CleanpipeError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise CleanpipeError(f"{path}: a damaged cleanpipe model ({what}); re-run `cleanpipe train`") from None
     return net.eval(), state
 
 

@@ -24,21 +24,25 @@ class ParameterError(CleanpipeError, ValueError):
     problem : str
         What is wrong, to follow the name (``must lie in [0, 1), got 1.5``); where the name belongs
         elsewhere in the sentence, the problem says ``{name}`` there instead. Another parameter it
-        mentions is written ``{kind}`` (its Python name in braces), so that the CLI can show its flag.
+        mentions is written ``{kind}`` (its Python name in braces) and listed in ``mentions``, so that the
+        CLI can show its flag; other braces (a user's values) are left as they are.
+    mentions : tuple of str
+        The other parameters the problem names.
     """
 
-    def __init__(self, parameter: str, problem: str) -> None:
-        self.parameter, self.problem = parameter, " ".join(problem.split())
+    def __init__(self, parameter: str, problem: str, mentions: tuple[str, ...] = ()) -> None:
+        self.parameter, self.problem, self.mentions = parameter, " ".join(problem.split()), tuple(mentions)
         super().__init__(self.render(parameter))
+
+    def __reduce__(self):  # Ray sends a worker's errors back pickled
+        return type(self), (self.parameter, self.problem, self.mentions)
 
     def render(self, name: str, flags: dict[str, str] | None = None) -> str:
         """The message with the parameter called ``name`` and the others it mentions by ``flags`` (the CLI's)."""
-        flags = flags or {}
         text = self.problem if "{name}" in self.problem else "{name} " + self.problem
-        return _MENTION.sub(lambda m: name if m[1] == "name" else flags.get(m[1], m[1]), text)
-
-
-_MENTION = re.compile(r"\{([a-z_]+)\}")
+        for other in self.mentions:
+            text = text.replace("{" + other + "}", (flags or {}).get(other, other))
+        return text.replace("{name}", name)
 
 
 def _fmt(x: float) -> str:

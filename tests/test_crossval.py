@@ -146,6 +146,7 @@ def test_table_data(tmp_path, cli, model):
     assert np.load(run / "crossval" / "pred_probs.npy").shape == (len(wine) - round(0.2 * len(wine)), 3)
 
 
+@pytest.mark.slow
 def test_run_command_runs_noise_and_crossval_then_reuses_them(tmp_path, cli):
     run = tmp_path / "demo"
     code, out, err = cli("run", run, "--folds", 3)

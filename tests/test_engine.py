@@ -324,7 +324,7 @@ def test_fit_draws_only_the_given_rows_each_at_most_once_an_epoch():
 
 def test_epoch_checkpoint_resume_is_bit_identical(tmp_path):
     from cleanpipe.data import DataSpec, load_dataset
-    from cleanpipe.models import build_model
+    from cleanpipe.recipes import build_network
 
     ds = load_dataset(DataSpec("digits"))
     rows = np.arange(600)
@@ -332,7 +332,7 @@ def test_epoch_checkpoint_resume_is_bit_identical(tmp_path):
 
     def net():
         torch.manual_seed(0)
-        return build_model("small_cnn", ds.input_shape, 10)
+        return build_network("small_cnn", ds.input_shape, 10)[0]  # the recipe's width
 
     full = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5))[0]
     ckpt = tmp_path / "ck.pt"

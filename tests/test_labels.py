@@ -126,3 +126,25 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(CleanpipeError) as e:
         read_labels(tmp_path / "ragged.csv")
     assert "\n" not in str(e.value) and "not a readable CSV" in str(e.value)
+
+
+def test_partial_labels_read_numbers_as_class_ids_and_one_reader_refuses_an_id_only_csv(tmp_path):
+    from cleanpipe.labels import read_partial_labels
+
+    probe = tmp_path / "probe.csv"
+    probe.write_text("id,label\n7,1\n3,3\n")
+    rows, labels = read_partial_labels(probe, ids=[str(i) for i in range(10)], class_names=["1", "2", "3", "4"])
+    assert rows.tolist() == [3, 7] and labels.tolist() == [3, 1]  # numbers are ids here, not the names "1" and "3"
+    only_ids = tmp_path / "ids.csv"
+    only_ids.write_text("id\n0\n1\n")
+    with pytest.raises(CleanpipeError, match="only an `id` column"):
+        read_labels(only_ids, ids=["0", "1"])
+
+
+def test_corrections_naming_one_example_twice_are_refused(tmp_path):
+    from cleanpipe.stages.apply import read_corrections
+
+    path = tmp_path / "corrections.csv"
+    path.write_text("id,decision,label\n732,relabel,3\nscans/732,relabel,4\n")
+    with pytest.raises(CleanpipeError, match="two rows name example '732'"):
+        read_corrections(path, ["731", "732"], np.array([0, 1]), [str(k) for k in range(10)])

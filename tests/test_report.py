@@ -5,7 +5,10 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_run_on_digits_is_fast_and_ends_with_a_summary_and_a_report(tmp_path, cli):
     run = tmp_path / "demo"
     t0 = time.perf_counter()

@@ -182,8 +182,8 @@ def fit_held_out(
     device_memory : int, optional
         Bytes of device memory the data may take; more is streamed from host memory.
     network : bool
-        Require a torch network (INCV and the theory check); otherwise a scikit-learn model (``logreg``)
-        is fitted on the CPU.
+        Require a torch network (INCV and the theory check). Without it a scikit-learn model
+        (``logreg``) is also accepted, and fitted on the CPU.
     each_epoch : callable(epoch, probs), optional
         Sees the held-out rows' probabilities after every epoch (INCV keeps its best epoch so).
     hooks

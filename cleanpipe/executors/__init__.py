@@ -38,7 +38,7 @@ class Executor:
 
 EXECUTORS: dict[str, Executor] = {
     "local": Executor("here, one task after another"),
-    "ray": Executor("a Ray task each (--address joins a cluster)", lambda where: ray_tasks.preflight(where.ray)),
+    "ray": Executor("a Ray task each; --address joins a cluster", lambda where: ray_tasks.preflight(where.ray)),
     "slurm": Executor("a submitit job array", lambda where: slurm_array.preflight(where.slurm)),
 }
 
@@ -50,6 +50,9 @@ class Placement:
     executor: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+    def __post_init__(self) -> None:
+        check_choice(self.executor, "executor", EXECUTORS)
 
 
 def placement(executor: str = "local", ray: RayOptions | None = None, slurm: SlurmOptions | None = None) -> Placement:

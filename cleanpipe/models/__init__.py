@@ -31,11 +31,7 @@ class ModelInfo:
     network: bool = True  # a torch network the engine trains (logreg is not)
 
 
-def _small_cnn(shape, k, width: int = 16):
-    return nets.SmallCNN(shape[0], k, size=min(shape[1:]), width=width)
-
-
-def _small_cnn_wide(shape, k, width: int = 32):
+def _small_cnn(shape, k, *, width: int):  # no default: the width is the recipes' (recipes.network_arguments)
     return nets.SmallCNN(shape[0], k, size=min(shape[1:]), width=width)
 
 
@@ -61,9 +57,9 @@ def _plain(cls_name: str):
 
 
 MODELS: dict[str, ModelInfo] = {
-    "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks (width 32 on <=16 px, 16 above): digits and 28x28 images",
-                           wider="small_cnn_wide"),
-    "small_cnn_wide": ModelInfo(_small_cnn_wide, "image", "small_cnn at twice the width: Noisy Student's larger student"),
+    "small_cnn": ModelInfo(_small_cnn, "image", "3 conv blocks of `width` channels (the recipes: 32 on <=16 px, 16 above): "
+                           "digits and 28x28 images", wider="small_cnn_wide"),
+    "small_cnn_wide": ModelInfo(_small_cnn, "image", "small_cnn at twice the recipes' width: Noisy Student's larger student"),
     "cnn9": ModelInfo(_plain("CNN9"), "image", "the 9-layer CNN of Co-teaching, for 32x32 images",
                       min_side=12),  # two 2x pools, then a 3x3 conv without padding
     "airbench": ModelInfo(_plain("AirbenchNet"), "image", "airbench-class net: frozen patch whitening, 3 conv groups (64/256/256), "
@@ -94,6 +90,9 @@ def check_model(name: str, input_shape: tuple[int, ...], *, network: bool = Fals
     network : bool
         Also require a torch network (the engine's training methods, INCV and the theory check train one).
     """
+    if name == "auto":
+        raise ParameterError("model", "is auto, which the recipes resolve (cleanpipe.recipes.auto_model) before a "
+                             "model is built")
     if name not in MODELS:
         raise ParameterError("model", f"{{name}}: unknown model {name!r}; choose auto or one of {', '.join(MODELS)}")
     info = MODELS[name]
@@ -113,8 +112,9 @@ def check_model(name: str, input_shape: tuple[int, ...], *, network: bool = Fals
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, **arguments):
     """A fresh, untrained model of a concrete ``name`` (checked by :func:`check_model`).
 
-    ``arguments`` are the builder's own (``width`` for ``small_cnn`` and ``small_cnn_wide``); what a saved
-    model records as its ``architecture``.
+    ``arguments`` are the builder's own (``width``, required, for ``small_cnn`` and ``small_cnn_wide``);
+    what a saved model records as its ``architecture``. :func:`cleanpipe.recipes.build_network` supplies the
+    recipe's.
     """
     return check_model(name, input_shape).build(tuple(input_shape), n_classes, **arguments)
 

@@ -124,7 +124,8 @@ def noise_matrix(
         return (1.0 - rate) * eye + rate * np.roll(eye, 1, axis=0)
     if kind == "asymmetric":
         if not class_map:
-            raise ParameterError("class_map", "is needed for {kind} asymmetric: give pairs SRC:DST,... (e.g. 3:8,5:6)")
+            raise ParameterError("class_map", "is needed for {kind} asymmetric: give pairs SRC:DST,... (e.g. 3:8,5:6)",
+                                 ("kind",))
         M = eye.copy()
         for src, dst in class_map.items():
             M[src, src], M[dst, src] = 1.0 - rate, rate
@@ -159,7 +160,7 @@ def check_noise_arguments(kind: str, K: int | None, rate: float, sparsity: float
     if kind not in ALL_KINDS:
         raise ParameterError("kind", f"{{name}}: unknown noise kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
     if kind in REALISTIC_KINDS and not rate < 1.0:
-        raise ParameterError("rate", f"must be below 1 for {{kind}} {kind} (the labeler's own share keeps its labels), got {rate}")
+        raise ParameterError("rate", f"must be below 1 for {{kind}} {kind} (the labeler's own share keeps its labels), got {rate}", ("kind",))
     if K is not None and K < 2:
         raise CleanpipeError(f"noise needs at least 2 classes, got {K}")
     if not (np.isfinite(rate) and 0.0 <= rate <= 1.0):
@@ -167,11 +168,11 @@ def check_noise_arguments(kind: str, K: int | None, rate: float, sparsity: float
     if not (np.isfinite(sparsity) and 0.0 <= sparsity <= 1.0):
         raise ParameterError("sparsity", f"must lie in [0, 1], got {sparsity}")
     if sparsity and kind != "random":
-        raise ParameterError("sparsity", "applies only to {kind} random")
+        raise ParameterError("sparsity", "applies only to {kind} random", ("kind",))
     if kind == "random" and K is not None and _random_trace(K, rate) < 1:
         raise ParameterError(
-            "rate", f"must be at most {1 - 1 / K:.3g} for {{kind}} random with K={K} (the trace K(1 - rate) must be at least 1)"
-        )
+            "rate", f"must be at most {1 - 1 / K:.3g} for {{kind}} random with K={K} (the trace K(1 - rate) must be at least 1)",
+            ("kind",))
 
 
 def sample_noisy_labels(labels: np.ndarray, matrix: np.ndarray, *, seed: int = 0) -> np.ndarray:

@@ -92,7 +92,7 @@ def semantic_noisy_labels(
     if n_flip > int((~small).sum()):
         raise ParameterError(
             "rate", f"{{name}} {rate:g} asks for {n_flip:,} wrong labels but only {int((~small).sum()):,} rows are outside the "
-            f"labeler's share; lower {{name}} or {{labeler_fraction}}")
+            f"labeler's share; lower {{name}} or {{labeler_fraction}}", ("labeler_fraction",))
     # One model, plain predictions: the labeler is a weak annotator, not a tuned detector.
     settings = default_settings(tuple(X.shape[1:]), source, seed=seed, n_folds=2, tta=False, repeats=1)
     plan = np.where(small, 1, 0).astype(np.int64)  # fold 0 is scored by a model trained on fold 1, the small share

@@ -10,7 +10,7 @@ A training method is one module in :mod:`cleanpipe.robust` with
   ``RUN/train/`` (:meth:`TrainingMethod.outputs`);
 
 and one line in :mod:`cleanpipe.robust.registry`. :func:`cleanpipe.robust.train_model` runs any of
-them on arrays; the train stage (:mod:`cleanpipe.train`) reads a run, asks the method, calls it and
+them on arrays; the train stage (:mod:`cleanpipe.stages.train`) reads a run, asks the method, calls it and
 writes the files.
 """
 

@@ -35,7 +35,7 @@ from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.labels import check_label_path, write_labels
 from cleanpipe.lazy import lazy_module
-from cleanpipe.models import MODELS, add_model_noise
+from cleanpipe.models import MODELS, add_model_noise, check_model
 from cleanpipe.recipes import recipe
 from cleanpipe.robust.base import (
     Plan,
@@ -429,6 +429,10 @@ class NoisyStudentTraining(TrainingMethod):
                    "dropout": options.dropout, "stochastic_depth": options.stochastic_depth,
                    "policy": student_policy(job.X.shape[1:], options.policy), "cutout": options.cutout,
                    "magnitude": options.magnitude, "ema": options.ema, "n_unlabeled_extra": n_extra}
+        try:  # a student network that does not suit the data: named as the student's, not the teacher's --model
+            check_model(used["student_model"], tuple(X.shape[1:]), network=True)
+        except ParameterError as e:
+            raise ParameterError("student_model", e.problem) from None
         # The pseudo-labeled set U: the flagged rows, then the extra ones (appended after X's rows).
         pseudo_rows = np.concatenate([flagged, len(job.X) + np.arange(n_extra)]).astype(np.int64)
         rows = np.setdiff1d(job.rows, flagged)  # a pseudo-labeled row is not also a labeled one

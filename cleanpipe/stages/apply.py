@@ -98,6 +98,10 @@ def read_corrections(path: Path, ids: Sequence[str], given: np.ndarray, class_na
         k = int(np.argmax(dup))
         raise CleanpipeError(f"corrections file {path}: ID {keys[k]!r} appears twice (line {line(k)}); keep one decision per example")
     positions = id_positions(keys, ids, path)
+    twice = pd.Index(positions[positions >= 0]).duplicated()
+    if twice.any():
+        raise CleanpipeError(f"corrections file {path}: two rows name example {ids[positions[positions >= 0][twice][0]]!r} "
+                             "(one by a path ending in its ID); keep one decision per example")
     unknown = [k for k, r in zip(keys, positions) if r < 0]
     if unknown:
         test = set(map(str, other_ids))

@@ -71,7 +71,6 @@ class SlurmFoldTask:
 
     root: str
     settings: CrossvalSettings
-    seed: int
     device: str
     threads: int | None
     device_memory: int | None
@@ -81,9 +80,9 @@ class SlurmFoldTask:
         _, ds, _ = run.bind_dataset(None)
         labels, _, _ = run.training_labels(ds)
         n_folds = self.settings.n_folds
-        folds = fold_plans(labels, n_folds, self.seed, self.settings.repeats, ds.class_names)
+        folds = fold_plans(labels, n_folds, self.settings.seed, self.settings.repeats, ds.class_names)
         shard = fold_shard_path(run, task, n_folds)
-        ckpt = shard.with_name(f"{shard.stem}.ckpt.pt")
+        ckpt = checkpoint_path(shard)
         fold = FoldTask(ds.X_train, labels, folds, self.settings, ds.n_classes, self.device, self.threads,
                         self.device_memory)
         save_shard(shard, fold(task, checkpoint=ckpt), self.settings.key(labels, ds.fingerprint(), task // n_folds),
@@ -101,7 +100,7 @@ class _WithProgress:
     def __call__(self, t: int) -> FoldResult:
         progress, new_epoch = self.progress, [True]  # the batch bar restarts with each epoch
         shard = fold_shard_path(self.run, t, self.task.settings.n_folds)
-        ckpt = shard.with_name(f"{shard.stem}.ckpt.pt")
+        ckpt = checkpoint_path(shard)
         progress.start(f"{self.name(t)} epochs", self.task.settings.epochs, level=1)
         progress.start("batches", 1, level=2)
 
@@ -115,9 +114,7 @@ class _WithProgress:
                 new_epoch[0] = False
             progress.advance(2, completed=s)
 
-        result = self.task(t, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch)
-        ckpt.unlink(missing_ok=True)
-        return result
+        return self.task(t, checkpoint=ckpt, on_epoch=on_epoch, on_batch=on_batch)  # the driver removes ckpt
 
 
 # ---- shards ------------------------------------------------------------------------------
@@ -128,6 +125,11 @@ def fold_shard_path(run: RunDir, task: int, n_folds: int | None = None) -> Path:
     repeat, fold = divmod(task, n_folds) if n_folds else (0, task)
     name = f"fold_{fold}.npz" if repeat == 0 else f"repeat_{repeat}_fold_{fold}.npz"
     return run.path("crossval", SHARDS) / name
+
+
+def checkpoint_path(shard: Path) -> Path:
+    """Where a fold keeps its per-epoch checkpoint until its shard is written (a preempted fold resumes from it)."""
+    return shard.with_name(f"{shard.stem}.ckpt.pt")
 
 
 def task_name(task: int, n_folds: int, repeats: int) -> str:
@@ -299,7 +301,7 @@ def _run_folds(run: RunDir, f: _Folds, todo: list[int], where: Placement, stage:
     settings, n_folds = f.settings, f.settings.n_folds
     name = lambda t: task_name(t, n_folds, settings.repeats)  # noqa: E731
     if where.executor == "slurm":  # each array task reloads the run and writes its own shard
-        task = SlurmFoldTask(str(run.root.resolve()), settings, settings.seed, device,
+        task = SlurmFoldTask(str(run.root.resolve()), settings, device,
                              threads if threads is not None else where.slurm.cpus_per_task, device_memory)
     else:
         per_task = threads if threads is not None or where.executor == "local" else where.ray.cpus_per_task
@@ -314,8 +316,9 @@ def _run_folds(run: RunDir, f: _Folds, todo: list[int], where: Placement, stage:
     if results.job_id is not None and not where.slurm.wait:
         return failed
     for t, result, error in results:
-        if isinstance(result, FoldResult):  # the driver writes each shard as it arrives
+        if isinstance(result, FoldResult):  # the driver writes each shard as it arrives, then drops its checkpoint
             f.shards[t] = save_shard(fold_shard_path(run, t, n_folds), result, f.keys[t], settings)
+            checkpoint_path(fold_shard_path(run, t, n_folds)).unlink(missing_ok=True)
             note = f"acc {float(np.mean(result.probs.argmax(1) == f.labels[result.rows])):.3f} in {result.seconds:.1f}s"
         elif error is None:  # written by the Slurm task on the shared filesystem
             f.shards[t] = load_shard(fold_shard_path(run, t, n_folds))

@@ -76,13 +76,15 @@ def run_noise_stage(
     standalone = spec is None and labels_file is not None
     check_noise_arguments(kind, n_classes, rate, sparsity)  # fail before touching the disk (K is checked once known)
     if class_map and kind != "asymmetric":
-        raise ParameterError("class_map", "applies only to {kind} asymmetric")
+        raise ParameterError("class_map", "applies only to {kind} asymmetric", ("kind",))
     if n_classes and not standalone:
-        raise ParameterError("n_classes", "applies only to the standalone form (a {labels} file without a {dataset})")
+        raise ParameterError("n_classes", "applies only to the standalone form (a {labels} file without a {dataset})",
+                             ("labels", "dataset"))
     if kind in REALISTIC_KINDS and standalone:
-        raise ParameterError("kind", f"{{name}} {kind} learns from the examples: give the data (a {{dataset}}), not a bare label file")
+        raise ParameterError("kind", f"{{name}} {kind} learns from the examples: give the data (a {{dataset}}), not a bare label file",
+                             ("dataset",))
     if labeler_fraction != LABELER_FRACTION and kind not in REALISTIC_KINDS:
-        raise ParameterError("labeler_fraction", "applies only to {kind} semantic")
+        raise ParameterError("labeler_fraction", "applies only to {kind} semantic", ("kind",))
     if kind in REALISTIC_KINDS:
         resolve_device(device)
     with run.transaction():

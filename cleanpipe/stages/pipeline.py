@@ -1,8 +1,8 @@
 """``cleanpipe run``: the stages in order, skipping what is up to date; callable from Python.
 
->>> from cleanpipe.pipeline import run_pipeline
->>> from cleanpipe.run import Run
 >>> from cleanpipe.data import DataSpec
+>>> from cleanpipe.rundir import RunDir
+>>> from cleanpipe.stages.pipeline import run_pipeline
 >>> result = run_pipeline(RunDir("runs/demo"), DataSpec("digits"))  # doctest: +SKIP
 """
 
