@@ -2,10 +2,13 @@
 
     python pipelines/bench_scale.py [--parts prune ray stream] [--work DIR] [--rows 1000000:100 300000:1000]
 
-(a) ``prune``: for each N x K, synthetic out-of-fold probabilities (float32; 10% of the labels flipped,
-    the model right about 80% of the time) saved as ``.npy``; then, each in a fresh process and side
-    by side, cleanlab alone (``find_label_issues`` + ``get_label_quality_scores`` on the loaded arrays,
-    its defaults) and ``cleanpipe prune RUN --pred-probs P --labels L`` (reading the files, checking
+(a) ``prune``: for each N x K, two inputs of synthetic out-of-fold probabilities (float32) saved as
+    ``.npy``: ``10%`` (10% of the labels flipped, the model's logit of the true class raised by 4 on 80%
+    of the rows, a random class's on the rest) and ``20% + truth`` (20% flipped, the true class's logit
+    raised by 4 on every row, about 18% flagged, and ``--true-labels`` given, so that prune also computes
+    its precision, recall and ranking metrics). Then, each in a fresh process and side by side, cleanlab
+    alone (``find_label_issues`` + ``get_label_quality_scores`` on the loaded arrays, its defaults) and
+    ``cleanpipe prune RUN --pred-probs P --labels L [--true-labels T]`` (reading the files, checking
     them, the same mask, the estimates, and writing label_issues.csv). Wall time and peak memory (the
     process's maximum resident set) of each, and whether the masks are equal.
 (b) ``ray``: ``cleanpipe crossval`` of MNIST-10k (``../shared/data/mnist-test``) with ``--executor ray``
@@ -44,20 +47,24 @@ print(json.dumps({"calls_s": t2 - t1, "load_s": t1 - t0}))
 """
 
 
-def make_probs(n: int, k: int, path: Path, seed: int = 0) -> None:
-    """Seeded synthetic pred_probs (float32 N x K) and noisy labels, written in slices to bound memory."""
+# The prune part's inputs: (share of labels flipped, share of rows where the true class's logit is raised, truth given)
+INPUTS = {"10%": (0.10, 0.8, False), "20% + truth": (0.20, 1.0, True)}
+
+
+def make_probs(n: int, k: int, path: Path, seed: int = 0, noise: float = 0.10, right_share: float = 0.8) -> None:
+    """Seeded synthetic pred_probs (float32 N x K), noisy and true labels, written in slices to bound memory."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, k, n)
     labels = truth.copy()
-    flip = rng.random(n) < 0.10
+    flip = rng.random(n) < noise
     labels[flip] = (truth[flip] + rng.integers(1, k, flip.sum())) % k
     probs = np.lib.format.open_memmap(path / "pred_probs.npy", mode="w+", dtype=np.float32, shape=(n, k))
     for s in range(0, n, 100_000):
         e = min(n, s + 100_000)
         logits = rng.normal(0, 1, (e - s, k)).astype(np.float32)
-        right = rng.random(e - s) < 0.8
+        right = rng.random(e - s) < right_share if right_share < 1 else np.ones(e - s, bool)
         logits[np.arange(e - s), np.where(right, truth[s:e], rng.integers(0, k, e - s))] += 4.0
         logits -= logits.max(1, keepdims=True)
         np.exp(logits, out=logits)
@@ -66,6 +73,7 @@ def make_probs(n: int, k: int, path: Path, seed: int = 0) -> None:
     probs.flush()
     del probs
     np.save(path / "labels.npy", labels)
+    np.save(path / "true_labels.npy", truth)
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, float, str]:
@@ -87,27 +95,31 @@ def peak_rss(cmd: list[str]) -> tuple[float, float, str]:
 def part_prune(work: Path, shapes: list[tuple[int, int]], repeats: int) -> str:
     import numpy as np
 
-    rows = ["| N x K | array | cleanlab alone: time, peak | cleanpipe prune: time, peak | time ratio | peak / array | same mask |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| N x K | input | array | cleanlab alone: time, peak | cleanpipe prune: time, peak | time ratio | "
+            "peak / array | same mask |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n, k in shapes:
-        d = work / f"prune_{n}x{k}"
-        d.mkdir(parents=True, exist_ok=True)
-        if not (d / "labels.npy").is_file():
-            make_probs(n, k, d)
-        array_mb = n * k * 4 / 1e6
-        run = d / "run"
-        cl, cp = [], []
-        for _ in range(repeats):  # alternating, so that both routes see the same machine; medians reported
-            cl.append(peak_rss([sys.executable, "-c", CLEANLAB_ALONE, str(d / "pred_probs.npy"),
-                                str(d / "labels.npy"), str(d / "cleanlab_mask.npy")]))
-            cp.append(peak_rss([sys.executable, "-m", "cleanpipe", "prune", str(run), "--pred-probs",
-                                str(d / "pred_probs.npy"), "--labels", str(d / "labels.npy"), "--top", "0"]))
-        cl_wall, cp_wall = (float(np.median([r[0] for r in rs])) for rs in (cl, cp))
-        cl_rss, cp_rss = (max(r[1] for r in rs) for rs in (cl, cp))
-        same = bool(np.array_equal(np.load(d / "cleanlab_mask.npy"), np.load(run / "prune" / "issue_mask.npy")))
-        rows.append(f"| {n:,} x {k:,} | {array_mb:,.0f} MB | {cl_wall:.1f} s, {cl_rss:,.0f} MB | {cp_wall:.1f} s, "
-                    f"{cp_rss:,.0f} MB | {cp_wall / cl_wall:.2f}x | {cp_rss / array_mb:.2f}x | {'yes' if same else '**no**'} |")
-        print(rows[-1], flush=True)
+        for name, (noise, right, truth) in INPUTS.items():
+            d = work / f"prune_{n}x{k}_{name.split('%')[0]}"
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / "true_labels.npy").is_file():
+                make_probs(n, k, d, noise=noise, right_share=right)
+            array_mb = n * k * 4 / 1e6
+            run = d / "run"
+            extra = ["--true-labels", str(d / "true_labels.npy")] if truth else []
+            cl, cp = [], []
+            for _ in range(repeats):  # alternating, so that both routes see the same machine; medians reported
+                cl.append(peak_rss([sys.executable, "-c", CLEANLAB_ALONE, str(d / "pred_probs.npy"),
+                                    str(d / "labels.npy"), str(d / "cleanlab_mask.npy")]))
+                cp.append(peak_rss([sys.executable, "-m", "cleanpipe", "prune", str(run), "--pred-probs",
+                                    str(d / "pred_probs.npy"), "--labels", str(d / "labels.npy"), *extra, "--top", "0"]))
+            cl_wall, cp_wall = (float(np.median([r[0] for r in rs])) for rs in (cl, cp))
+            cl_rss, cp_rss = (max(r[1] for r in rs) for rs in (cl, cp))
+            same = bool(np.array_equal(np.load(d / "cleanlab_mask.npy"), np.load(run / "prune" / "issue_mask.npy")))
+            flagged = json.loads((run / "prune" / "manifest.json").read_text())["metrics"]["n_issues"] / n
+            rows.append(f"| {n:,} x {k:,} | {name} ({flagged:.0%} flagged) | {array_mb:,.0f} MB | {cl_wall:.1f} s, "
+                        f"{cl_rss:,.0f} MB | {cp_wall:.1f} s, {cp_rss:,.0f} MB | {cp_wall / cl_wall:.2f}x | "
+                        f"{cp_rss / array_mb:.2f}x | {'yes' if same else '**no**'} |")
+            print(rows[-1], flush=True)
     return "\n".join(rows)
 
 

@@ -236,3 +236,19 @@ def test_the_chunked_confident_joint_is_cleanlabs():
     probs = rng.dirichlet(np.ones(k) * 0.3, n).astype(np.float32)
     probs[:50] = np.eye(k, dtype=np.float32)[labels[:50]]  # saturated rows: ties at the thresholds
     assert np.array_equal(confident_joint(labels, probs, chunk=257), compute_confident_joint(labels, probs, calibrate=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_chunked_label_quality_is_cleanlabs_value_for_value(dtype):
+    from cleanlab.rank import get_label_quality_scores
+
+    from cleanpipe.detect.confident import RANK_BY, label_quality
+
+    rng = np.random.default_rng(3)
+    pred_probs = rng.dirichlet(np.full(7, 0.3), 10_001).astype(dtype)
+    pred_probs[:50] = np.eye(7, dtype=dtype)[rng.integers(0, 7, 50)]  # ties and certainties
+    labels = rng.integers(0, 7, len(pred_probs))
+    for rank_by in RANK_BY:
+        ours = label_quality(labels, pred_probs, rank_by, chunk=997)  # chunks that split the rows unevenly
+        theirs = get_label_quality_scores(labels, pred_probs, method=rank_by)
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), rank_by
