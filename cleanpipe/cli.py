@@ -482,6 +482,11 @@ def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:
         f"({m['n_issues'] / max(m['n'], 1):.1%}); estimated noise rate {m['estimated_noise_rate']:.1%}"
         + (f", true {m['true_noise_rate']:.1%}" if "true_noise_rate" in m else "")
     )
+    elsewhere = stage.unflagged_elsewhere
+    if elsewhere and (m["n_issues"] == 0 or elsewhere >= m["n_issues"]):  # few flagged, strong candidates: say so
+        console.print(f"[yellow]note:[/] the models place {elsewhere:,} more example(s) in another class than their "
+                      f"label, below the confidence thresholds that flag one; look at them worst first with "
+                      f"`cleanpipe review {run_dir} --also {elsewhere}`")
     if m["n_issues"] > 0.5 * m["n"] and "true_noise_rate" not in m:
         console.print("[bold yellow]warning:[/] more than half the labels are flagged: the out-of-fold probabilities "
                       "probably carry little information (see crossval's accuracy); train them longer before trusting these flags")

@@ -252,3 +252,25 @@ def test_the_chunked_label_quality_is_cleanlabs_value_for_value(dtype):
         ours = label_quality(labels, pred_probs, rank_by, chunk=997)  # chunks that split the rows unevenly
         theirs = get_label_quality_scores(labels, pred_probs, method=rank_by)
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), rank_by
+
+
+def test_an_accurate_model_with_confident_errors_below_the_thresholds_is_not_left_at_zero(tmp_path, cli):
+    """Every class's mean self-confidence is 0.98, so five examples the model gives 0.6 for another class
+    clear no threshold and nothing is flagged; the summary must say so and point to them."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 400)
+    probs = np.full((1200, 3), 0.01, np.float32)
+    probs[np.arange(1200), labels] = 0.98
+    wrong = rng.choice(1200, 5, replace=False)
+    probs[wrong] = 0.2
+    probs[wrong, (labels[wrong] + 1) % 3] = 0.6
+    np.save(tmp_path / "p.npy", probs)
+    np.save(tmp_path / "y.npy", labels)
+    code, out, err = cli("prune", tmp_path / "r", "--pred-probs", tmp_path / "p.npy", "--labels", tmp_path / "y.npy")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "0 of 1,200 labels flagged" in text
+    assert "place 5 more example(s) in another class" in text  # rich may fold the run's long path: its parts
+    assert "`cleanpipe review" in text and "--also 5`" in text
+    report = pd.read_csv(tmp_path / "r" / "prune" / "label_issues.csv")
+    assert set(report["index"][:5]) == set(wrong)  # the five lead the report: what --also 5 shows

@@ -60,6 +60,13 @@ class PruneStage:
     manifest: dict
     report: object  # pandas.DataFrame: the report's first REPORT_HEAD rows, worst first (the file has them all)
 
+    @property
+    def unflagged_elsewhere(self) -> int:
+        """Examples not flagged whose out-of-fold prediction is another class than their label: the next
+        candidates a person should look at (the report and ``review --also`` list them right after the flagged)."""
+        det = self.detection
+        return int(np.sum((det.suggested_label != self.inputs.labels) & ~det.issue_mask))
+
 
 def _run_inputs(run: RunDir) -> PruneInputs:
     run.require("crossval", hint=f"cleanpipe crossval {run.root}")
