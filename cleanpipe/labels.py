@@ -96,7 +96,7 @@ def read_entries(path: Path, class_names: Sequence[str] | None = None, *,
     if suffix not in readers:
         raise CleanpipeError(f"labels file {path}: unknown format {suffix or '(none)'}; use .npy, .csv or .json")
     try:
-        return _read_csv(path, class_names, text) if suffix == ".csv" else readers[suffix](path, class_names)
+        return readers[suffix](path, class_names, text)
     except (OSError, UnicodeDecodeError) as e:
         raise CleanpipeError(f"labels file {path}: cannot read it ({e})") from None
 
@@ -111,7 +111,7 @@ def _keyed(keys: list[str], values: np.ndarray, path: Path) -> dict:
     return mapping
 
 
-def _read_npy(path: Path, class_names) -> tuple[None, np.ndarray]:
+def _read_npy(path: Path, class_names, as_text=None) -> tuple[None, np.ndarray]:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError:
@@ -182,7 +182,7 @@ def _label_column(df, path: Path):
     return col
 
 
-def _read_json(path: Path, class_names) -> tuple[list[str] | None, np.ndarray]:
+def _read_json(path: Path, class_names, as_text=None) -> tuple[list[str] | None, np.ndarray]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:

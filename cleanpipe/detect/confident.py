@@ -250,11 +250,11 @@ def label_quality(labels: np.ndarray, pred_probs: np.ndarray, rank_by: str = "no
     np.ndarray
         (N,) in ``pred_probs``' dtype; lower is more likely mislabeled.
     """
+    check_choice(rank_by, "rank_by", RANK_BY)
     if rank_by == "confidence_weighted_entropy":
         from cleanlab.rank import get_label_quality_scores
 
         return get_label_quality_scores(labels, pred_probs, method=rank_by)
-    check_choice(rank_by, "rank_by", RANK_BY)
     n = len(labels)
     chunk = chunk or max(1, QUALITY_CHUNK_BYTES // (pred_probs.shape[1] * pred_probs.itemsize))
     out = np.empty(n, dtype=pred_probs.dtype)
