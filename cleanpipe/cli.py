@@ -22,7 +22,7 @@ from rich.table import Table
 from cleanpipe import __version__
 from cleanpipe.data import SOURCES, DataSpec
 from cleanpipe.data.unlabeled import KINDS as UNLABELED_KINDS
-from cleanpipe.detect.confident import ALIASES, FILTERS, RANK_BY
+from cleanpipe.detect.confident import ALIASES, DEFAULT_METHOD, FILTERS, RANK_BY
 from cleanpipe.detect.crossval import N_FOLDS
 from cleanpipe.engine import DEVICES
 from cleanpipe.errors import CleanpipeError
@@ -349,6 +349,7 @@ def crossval(
     repeats: Optional[int] = typer.Option(None, "--repeats", "-R", help=f"Split the data R times (R x K fold tasks) and average each row over the R models that did not see it (default {_recipe_help('crossval', 'repeats')}).", show_default=False),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Images: average each held-out prediction over the image shifted up, down, left and right (default: on for small and grey images, off for colour ones, which average flips).", show_default=False),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs per fold (default {_recipe_help('crossval', 'epochs')})."),
+    mixup: Optional[float] = typer.Option(None, "--mixup", help=f"Train the folds with mixup, Beta(ALPHA, ALPHA), so that they do not learn the training folds' consistent errors; 0: plain cross-entropy (default {_recipe_help('crossval', 'mixup')}).", show_default=False),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('crossval', 'batch_size')})."),
     lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate (default {_recipe_help('crossval', 'lr')})."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
@@ -382,7 +383,7 @@ def crossval(
     where, device_memory = where_folds_run(**_pick(options, WHERE), wait=wait)
     with RichProgress(console) as progress:
         stage = run_crossval_stage(
-            RunDir(run_dir), spec=spec, model=model, n_folds=n_folds, repeats=repeats, tta=tta, epochs=epochs,
+            RunDir(run_dir), spec=spec, model=model, n_folds=n_folds, repeats=repeats, tta=tta, mixup=mixup, epochs=epochs,
             batch_size=batch_size, lr=lr, seed=seed, device=device, fold=fold, combine=combine, compile=compile_,
             where=where, threads=threads, device_memory=device_memory, progress=progress,
         )
@@ -405,7 +406,8 @@ def print_crossval_summary(run_dir: Path, stage) -> None:
         return
     m = stage.manifest["metrics"]
     splits = f"{stage.n_folds} folds" + (f" x {stage.repeats} repeats" if stage.repeats > 1 else "")
-    line = (f"[bold green]crossval[/] {s.model}{' with shifted views' if s.tta else ''}, {splits} x {s.epochs} epochs: "
+    how = ", ".join(filter(None, [s.mixup and f"mixup {s.mixup:g}", s.tta and "shifted views"]))
+    line = (f"[bold green]crossval[/] {s.model}{f' ({how})' if how else ''}, {splits} x {s.epochs} epochs: "
             f"out-of-fold accuracy {m['oof_accuracy']:.4f}")
     if "oof_accuracy_true" in m:
         line += f" vs given labels, [bold]{m['oof_accuracy_true']:.4f}[/] vs true labels"
@@ -430,7 +432,7 @@ PRUNE_METHODS = f"{_choices(FILTERS)}, the paper's {_choices(ALIASES)}, or incv"
 @user_errors
 def prune(
     run_dir: Path = RunArg,
-    method: str = typer.Option("prune_by_noise_rate", "--method", help=PRUNE_METHODS),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help=PRUNE_METHODS),
     pred_probs: Optional[Path] = typer.Option(None, "--pred-probs", help="Standalone: out-of-sample probabilities (.npy, N x K) computed anywhere.", rich_help_panel="Standalone form"),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Standalone: the given labels (.npy/.csv/.json).", rich_help_panel="Standalone form"),
     true_labels: Optional[Path] = typer.Option(None, "--true-labels", help="Standalone: the true labels, to report precision/recall.", rich_help_panel="Standalone form"),
@@ -856,7 +858,7 @@ def run_all(
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     method: str = typer.Option("coteaching", "--method", help=f"Training method: {_methods_help()} (see `cleanpipe train --help`)."),
-    prune_method: str = typer.Option("prune_by_noise_rate", "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
+    prune_method: str = typer.Option(DEFAULT_METHOD, "--prune-method", help="Label-error method for prune (see `cleanpipe prune --help`); incv-coteaching implies incv."),
     **options,
 ) -> None:
     """Run every stage with good defaults, skipping work that is already up to date.

@@ -104,6 +104,7 @@ def test_fold_jobs_then_combine(tmp_path, cli):
         (("--fold", 4), "out of range"),
         (("--epochs", 0), "at least 1"),
         (("--device", "tpu"), "--device must be"),
+        (("--mixup", -1), "--mixup must be"),
     ],
 )
 def test_bad_input(tmp_path, cli, args, match):
@@ -259,6 +260,7 @@ def test_ranking_defaults_per_kind_of_data():
 
     grey, small = default_settings((1, 28, 28), "mnist"), default_settings((1, 8, 8), "digits")
     colour, table = default_settings((3, 32, 32), "cifar10"), default_settings((13,), "table")
-    assert (grey.tta, grey.repeats) == (True, 2) and (small.tta, small.repeats) == (True, 1)
-    assert (colour.tta, colour.repeats, colour.flip) == (False, 1, True) and (table.tta, table.repeats) == (False, 1)
+    assert (grey.tta, grey.repeats, grey.mixup) == (False, 2, 1.0) and (small.tta, small.repeats, small.mixup) == (True, 1, 1.0)
+    assert (colour.tta, colour.repeats, colour.flip, colour.mixup) == (False, 1, True, 0.0)
+    assert (table.tta, table.repeats, table.mixup) == (False, 1, 0.0)
     assert default_settings((1, 28, 28), "mnist", repeats=1, tta=False).repeats == 1

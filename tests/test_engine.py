@@ -322,8 +322,10 @@ def test_fit_draws_only_the_given_rows_each_at_most_once_an_epoch():
     assert not torch.equal(first, second)  # reshuffled every epoch
 
 
-def test_epoch_checkpoint_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("mixup", [0.0, 1.0])
+def test_epoch_checkpoint_resume_is_bit_identical(tmp_path, mixup):
     from cleanpipe.data import DataSpec, load_dataset
+    from cleanpipe.engine import Mixup
     from cleanpipe.recipes import build_network
 
     ds = load_dataset(DataSpec("digits"))
@@ -334,7 +336,10 @@ def test_epoch_checkpoint_resume_is_bit_identical(tmp_path):
         torch.manual_seed(0)
         return build_network("small_cnn", ds.input_shape, 10)[0]  # the recipe's width
 
-    full = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5))[0]
+    def method():  # Mixup draws its mixing weights from (seed, step): a resumed run draws the same
+        return Mixup(mixup, seed=3) if mixup else None
+
+    full = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5), method=method())[0]
     ckpt = tmp_path / "ck.pt"
 
     class Stop(Exception):
@@ -346,9 +351,9 @@ def test_epoch_checkpoint_resume_is_bit_identical(tmp_path):
 
     with pytest.raises(Stop):
         fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5), checkpoint=ckpt, on_epoch=stop_after_two,
-            checkpoint_every_s=0)
+            checkpoint_every_s=0, method=method())
     assert ckpt.is_file()
-    resumed = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5), checkpoint=ckpt)[0]
+    resumed = fit(net(), data, ds.y_train, rows, TrainConfig(epochs=3, seed=5), checkpoint=ckpt, method=method())[0]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -453,3 +458,29 @@ def test_tta_shift_averages_the_image_and_its_four_translations():
     assert d == 2 and np.abs(got - want).max() < 1e-5
     plain = predict_proba(net, data, rows, TrainConfig(epochs=1, batch_size=4, channels_last=False))
     assert np.abs(plain - got).max() > 1e-3  # the views matter
+
+
+def test_mixup_mixes_each_batch_with_a_permutation_of_itself_by_a_seeded_weight():
+    """The loss is lam CE(f(x'), y) + (1 - lam) CE(f(x'), y[perm]) on x' = lam x + (1 - lam) x[perm]."""
+    from cleanpipe.engine import Mixup
+    from cleanpipe.engine.method import Step
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.stack([x.sum(1), -x.sum(1)], 1)
+
+    x = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    step = Step([Probe()], x, y, torch.arange(6), 0, 7, 10, generator=torch.Generator().manual_seed(1))
+    loss, logits = Mixup(0.5, seed=2).loss(step)
+    lam = float(np.random.default_rng([2, 7]).beta(0.5, 0.5))
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(1))
+    mixed = lam * x + (1 - lam) * x[perm]
+    assert torch.allclose(seen[0], mixed)
+    want = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+    assert torch.allclose(loss, want) and logits.shape == (6, 2)
+    assert Mixup(0.5, seed=2).loss(Step([Probe()], x, y, torch.arange(6), 0, 8, 10,
+                                        generator=torch.Generator().manual_seed(1)))[0] != loss  # another step, another lam

@@ -249,24 +249,99 @@ def test_the_chunked_label_quality_is_cleanlabs_value_for_value(dtype):
     pred_probs[:50] = np.eye(7, dtype=dtype)[rng.integers(0, 7, 50)]  # ties and certainties
     labels = rng.integers(0, 7, len(pred_probs))
     for rank_by in RANK_BY:
+        if rank_by == "pairwise_confidence":  # cleanpipe's own: the next test
+            continue
         ours = label_quality(labels, pred_probs, rank_by, chunk=997)  # chunks that split the rows unevenly
         theirs = get_label_quality_scores(labels, pred_probs, method=rank_by)
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), rank_by
 
 
-def test_an_accurate_model_with_confident_errors_below_the_thresholds_is_not_left_at_zero(tmp_path, cli):
-    """Every class's mean self-confidence is 0.98, so five examples the model gives 0.6 for another class
-    clear no threshold and nothing is flagged; the summary must say so and point to them."""
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pairwise_confidence_is_the_given_labels_share_against_the_strongest_other_class(dtype):
+    from cleanpipe.detect.confident import DEFAULT_RANK_BY, find_issues, label_quality
+
+    assert DEFAULT_RANK_BY == "pairwise_confidence"
+    rng = np.random.default_rng(4)
+    pred_probs = rng.dirichlet(np.full(5, 0.3), 3001).astype(dtype)
+    pred_probs[:3] = [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0.5, 0.5, 0, 0, 0]]
+    labels = rng.integers(0, 5, len(pred_probs))
+    labels[:3] = [1, 2, 0]  # p(given) 0 against another class's 1, twice; then a tie
+    ours = label_quality(labels, pred_probs, chunk=701)
+    given = pred_probs[np.arange(len(labels)), labels].astype(np.float64)
+    other = np.where(np.eye(5, dtype=bool)[labels], -1, pred_probs).max(1).astype(np.float64)
+    assert ours.dtype == dtype and np.allclose(ours, given / (given + other), rtol=1e-6)
+    assert ours[0] == 0 and ours[1] == 0 and ours[2] == 0.5
+    # A p(given) of 1e-9 keeps its place below 1e-8 (normalized_margin's "+ 1" rounds both to 0 in float32).
+    tiny = np.array([[1e-9, 1 - 1e-9], [1e-8, 1 - 1e-8]], dtype=dtype)
+    q = label_quality(np.array([0, 0]), tiny)
+    assert 0 < q[0] < q[1]
+    det = find_issues(labels, pred_probs)
+    assert np.array_equal(det.label_quality, ours.astype(np.float64))
+
+
+def _accurate_model(elsewhere: float, n_wrong: int = 5, seed: int = 0):
+    """1,200 examples of 3 classes, each class's mean self-confidence 0.98; ``n_wrong`` of them the model
+    places in the next class with probability ``elsewhere`` (their label keeps 0.2)."""
+    rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(3), 400)
     probs = np.full((1200, 3), 0.01, np.float32)
     probs[np.arange(1200), labels] = 0.98
-    wrong = rng.choice(1200, 5, replace=False)
-    probs[wrong] = 0.2
-    probs[wrong, (labels[wrong] + 1) % 3] = 0.6
+    wrong = rng.choice(1200, n_wrong, replace=False)
+    probs[wrong] = 1 - elsewhere - 0.2  # the third class keeps the rest
+    probs[wrong, labels[wrong]] = 0.2
+    probs[wrong, (labels[wrong] + 1) % 3] = elsewhere
+    return labels, probs, wrong
+
+
+def test_the_default_flags_an_accurate_models_confident_errors():
+    """Cleanlab's thresholds (each class's mean self-confidence, 0.98) leave the joint empty; capped at one
+    half they count the examples the model places elsewhere, and the default flags exactly those."""
+    import cleanlab.filter
+
+    from cleanpipe.detect.confident import DEFAULT_METHOD, confident_joint, find_issues
+
+    labels, probs, wrong = _accurate_model(0.6, n_wrong=12)
+    assert not cleanlab.filter.find_label_issues(labels, probs).any()  # cleanlab's own default: nothing
+    assert not find_issues(labels, probs, "prune_by_noise_rate").issue_mask.any()  # its name still means that
+    det = find_issues(labels, probs)
+    assert DEFAULT_METHOD == "prune_by_noise_rate_capped" and find_issues(labels, probs, "cl-capped").issue_mask.sum() == 12
+    assert set(np.flatnonzero(det.issue_mask)) == set(wrong)
+    assert det.estimated_noise_rate == pytest.approx(12 / 1200, abs=1e-9)
+    cj = confident_joint(labels, probs, threshold_cap=0.5)
+    assert cj.sum() == 1200 and np.trace(cj) == 1200 - 12
+    # Below one half the model places nothing confidently elsewhere: still nothing flagged.
+    labels, probs, _ = _accurate_model(0.45)
+    assert not find_issues(labels, probs).issue_mask.any()
+
+
+def test_where_thresholds_are_below_one_half_the_capped_filter_is_cleanlabs():
+    """At 40% noise every class's mean self-confidence is under one half: the cap changes nothing."""
+    import cleanlab.filter
+
+    from cleanpipe.detect.confident import find_issues
+
+    rng = np.random.default_rng(3)
+    n, k = 4000, 5
+    truth = rng.integers(0, k, n)
+    labels = np.where(rng.random(n) < 0.5, rng.integers(0, k, n), truth)
+    logits = rng.normal(0, 1, (n, k)) + 1.5 * np.eye(k)[truth]
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    from cleanlab.count import get_confident_thresholds
+
+    assert get_confident_thresholds(labels, probs).max() < 0.5
+    theirs = cleanlab.filter.find_label_issues(labels, probs, n_jobs=1)
+    assert theirs.sum() > 100 and np.array_equal(find_issues(labels, probs).issue_mask, theirs)
+
+
+def test_an_accurate_model_with_confident_errors_below_the_thresholds_is_not_left_at_zero(tmp_path, cli):
+    """Every class's mean self-confidence is 0.98, so five examples the model gives 0.6 for another class
+    clear no threshold of cleanlab's filter and nothing is flagged; the summary must say so and point to them.
+    (The default, whose thresholds are capped at one half, flags them: the test above.)"""
+    labels, probs, wrong = _accurate_model(0.6)
     np.save(tmp_path / "p.npy", probs)
     np.save(tmp_path / "y.npy", labels)
-    code, out, err = cli("prune", tmp_path / "r", "--pred-probs", tmp_path / "p.npy", "--labels", tmp_path / "y.npy")
+    code, out, err = cli("prune", tmp_path / "r", "--pred-probs", tmp_path / "p.npy", "--labels", tmp_path / "y.npy",
+                         "--method", "prune_by_noise_rate")
     assert code == 0, err
     text = " ".join(out.split())
     assert "0 of 1,200 labels flagged" in text

@@ -19,7 +19,14 @@ from typing import Callable
 import numpy as np
 
 from cleanpipe.data.base import shuffled_classes
-from cleanpipe.engine import DeviceData, device_name, fit, predict_proba, resolve_device
+from cleanpipe.engine import (
+    DeviceData,
+    Mixup,
+    device_name,
+    fit,
+    predict_proba,
+    resolve_device,
+)
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.lazy import lazy_module
 from cleanpipe.recipes import FitSettings, build_network, fit_settings
@@ -94,17 +101,26 @@ class CrossvalSettings(FitSettings):
     shards do not depend on it, so ``--repeats 2`` reuses the shards of a run with one.
 
     ``tta`` scores each held-out image also shifted by the training translation (up, down, left,
-    right) and averages the five views (ten with flips).
+    right) and averages the five views (ten with flips). ``mixup`` > 0 trains the folds with mixup
+    (:class:`cleanpipe.engine.Mixup`, Beta(mixup, mixup)), so that they do not learn their training
+    folds' consistent confusions; 0 trains them on plain cross-entropy.
     """
 
     n_folds: int = N_FOLDS
     repeats: int = 1
     tta: bool = False
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_number(self.n_folds, "n_folds", low=2)
         check_number(self.repeats, "repeats", low=1)
+        check_number(self.mixup, "mixup", low=0)
+
+    def method(self, seed: int):
+        """The folds' loss step: :class:`~cleanpipe.engine.Mixup` (seeded with ``seed``) when ``mixup`` > 0, else None
+        (the engine's plain cross-entropy)."""
+        return Mixup(self.mixup, seed) if self.mixup > 0 else None
 
     def train_config(self, seed: int, **overrides):
         return super().train_config(seed, **{"tta_shift": self.tta, **overrides})
@@ -187,7 +203,8 @@ def fit_held_out(
     each_epoch : callable(epoch, probs), optional
         Sees the held-out rows' probabilities after every epoch (INCV keeps its best epoch so).
     hooks
-        ``checkpoint``, ``on_epoch``, ``on_batch`` of :func:`cleanpipe.engine.fit`.
+        ``method``, ``checkpoint``, ``on_epoch``, ``on_batch`` of :func:`cleanpipe.engine.fit` (a
+        scikit-learn model takes none of them).
     """
     torch.manual_seed(seed)
     model, _ = build_network(settings.model, tuple(X.shape[1:]), n_classes, network=network)
@@ -253,5 +270,6 @@ def train_fold(
     t0 = time.perf_counter()
     seed = repeat_seed(settings.seed * 100 + fold, repeat) % 2**31  # a different, reproducible init per fold
     held = fit_held_out(X, labels, train_rows, test_rows, settings, n_classes, seed=seed, device=device,
-                        device_memory=device_memory, checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch)
+                        device_memory=device_memory, checkpoint=checkpoint, on_epoch=on_epoch, on_batch=on_batch,
+                        method=settings.method(seed))
     return FoldResult(fold, test_rows, held.probs, time.perf_counter() - t0, held.device)

@@ -13,9 +13,9 @@ from cleanpipe.engine.loop import (
     predict_proba,
     resolve_device,
 )
-from cleanpipe.engine.method import Method, Standard, Step
+from cleanpipe.engine.method import Method, Mixup, Standard, Step
 
 __all__ = [
-    "Augment", "DEVICES", "DeviceData", "StrongView", "Method", "Standard", "Step", "TrainConfig",
+    "Augment", "DEVICES", "DeviceData", "StrongView", "Method", "Mixup", "Standard", "Step", "TrainConfig",
     "device_name", "fit", "place_nets", "predict_proba", "resolve_device",
 ]

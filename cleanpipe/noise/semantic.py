@@ -93,8 +93,9 @@ def semantic_noisy_labels(
         raise ParameterError(
             "rate", f"{{name}} {rate:g} asks for {n_flip:,} wrong labels but only {int((~small).sum()):,} rows are outside the "
             f"labeler's share; lower {{name}} or {{labeler_fraction}}", ("labeler_fraction",))
-    # One model, plain predictions: the labeler is a weak annotator, not a tuned detector.
-    settings = default_settings(tuple(X.shape[1:]), source, seed=seed, n_folds=2, tta=False, repeats=1)
+    # One model, plain predictions and plain cross-entropy (whatever crossval's folds train with): the
+    # labeler is a weak annotator, not a tuned detector.
+    settings = default_settings(tuple(X.shape[1:]), source, seed=seed, n_folds=2, tta=False, repeats=1, mixup=0.0)
     plan = np.where(small, 1, 0).astype(np.int64)  # fold 0 is scored by a model trained on fold 1, the small share
     fold = train_fold(X, labels, plan, 0, settings, n_classes, device=device)
     probs = fold.probs.astype(np.float64)

@@ -229,6 +229,7 @@ def run_crossval_stage(
     n_folds: int = N_FOLDS,
     repeats: int | None = None,
     tta: bool | None = None,
+    mixup: float | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -250,7 +251,8 @@ def run_crossval_stage(
 
     ``repeats`` R > 1 splits the data R times (``R * n_folds`` fold tasks, numbered
     ``repeat * n_folds + fold``, each a shard) and averages each row's probabilities over the R models
-    that did not see it. ``tta`` averages shifted views of each held-out image. None: the recipe's.
+    that did not see it. ``tta`` averages shifted views of each held-out image; ``mixup`` (alpha; 0: off)
+    trains the folds with mixup. None: the recipe's.
 
     ``where`` runs the folds here (``"local"``), as Ray tasks or as a Slurm job array: an executor's name,
     or a :class:`cleanpipe.executors.Placement` with its options (:func:`cleanpipe.executors.placement`);
@@ -266,7 +268,7 @@ def run_crossval_stage(
     if where.executor != "local" and fold is not None:
         raise CleanpipeError("--fold runs one fold here; leave it out with --executor ray or slurm, which run every fold")
     options = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, compile=compile,
-                   n_folds=n_folds, repeats=repeats, tta=tta)
+                   n_folds=n_folds, repeats=repeats, tta=tta, mixup=mixup)
     with run.transaction():
         f = _read(run, spec, fold, options)
         if f.is_new:

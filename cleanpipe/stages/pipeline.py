@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from cleanpipe.data import SOURCES, DataSpec
+from cleanpipe.detect.confident import DEFAULT_METHOD
 from cleanpipe.detect.crossval import N_FOLDS
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.executors import Placement, placement
@@ -112,7 +113,7 @@ def run_pipeline(
     folds: int = N_FOLDS,
     device: str = "auto",
     method: str = "coteaching",
-    prune_method: str = "prune_by_noise_rate",
+    prune_method: str = DEFAULT_METHOD,
     where: Placement | str = "local",
     device_memory: int | None = None,
     progress=None,

@@ -14,6 +14,8 @@ import numpy as np
 
 from cleanpipe.detect.confident import (
     ALIASES,
+    DEFAULT_METHOD,
+    DEFAULT_RANK_BY,
     Detection,
     canonical_method,
     find_issues,
@@ -133,13 +135,13 @@ def write_report_csv(columns: dict[str, np.ndarray], path: Path) -> None:
 def run_prune_stage(
     run: RunDir,
     *,
-    method: str = "prune_by_noise_rate",
+    method: str = DEFAULT_METHOD,
     pred_probs_file: Path | None = None,
     labels_file: Path | None = None,
     true_labels_file: Path | None = None,
     frac_noise: float = 1.0,
     num_to_remove_per_class: list[int] | None = None,
-    rank_by: str = "normalized_margin",
+    rank_by: str = DEFAULT_RANK_BY,
     incv: dict | None = None,
     progress=None,
 ) -> PruneStage:
@@ -149,8 +151,9 @@ def run_prune_stage(
     ----------
     run : RunDir
     method : str
-        A cleanlab ``filter_by`` name, a paper alias (``cl-pbnr``, ``cl-pbc``, ``cl-both``,
-        ``cj-only``, ``argmax``), or ``incv``.
+        ``prune_by_noise_rate_capped`` (the default: cleanlab's prune_by_noise_rate with each class's
+        threshold at most one half, see :mod:`cleanpipe.detect.confident`), a cleanlab ``filter_by`` name,
+        a paper alias (``cl-pbnr``, ``cl-pbc``, ``cl-both``, ``cj-only``, ``argmax``), or ``incv``.
     pred_probs_file, labels_file, true_labels_file : Path, optional
         The standalone form: out-of-sample probabilities (.npy, N x K) and labels from anywhere.
     frac_noise, num_to_remove_per_class, rank_by
