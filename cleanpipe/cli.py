@@ -644,7 +644,7 @@ def _methods_help() -> str:
 def train(
     run_dir: Path = MadeRunArg,
     method: str = typer.Option("standard", "--method", help=_methods_help()),
-    subset: str = typer.Option("kept", "--subset", help="kept: the prune stage's kept examples; all: every training example."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="kept: the prune stage's kept examples; all: every training example (default kept; all for dividemix).", show_default=False),
     model: str = typer.Option("auto", "--model", "-m", help=NETWORK_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs (default {_recipe_help('train', 'epochs')})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {_recipe_help('train', 'batch_size')})."),
@@ -673,6 +673,10 @@ def train(
       [bold]cleanpipe train runs/demo --method ieg --subset all --probe-per-class 10[/]   (trusted probe: the benchmark's true labels, or --probe-labels FILE)
 
       [bold]cleanpipe train runs/demo --method noisy-student --write-labels fixed.csv[/]   (relabels the flagged examples: RUN/train/relabel.csv)
+
+      [bold]cleanpipe train runs/demo --method dividemix[/]   (after noise alone: no prune stage; --division prune seeds it from prune's label quality)
+
+      [bold]cleanpipe train runs/demo --method elr --subset all[/]   (early-learning regularization, one network)
     """
     _set_threads(threads)
     options = _options_for(method, method_options)

@@ -146,6 +146,11 @@ def one_condition(out: Path, ds_name: str, spec, noise: str, seed: int) -> dict:
 
     def oracle():
         run = fresh("oracle", with_noise=False)
+        # The true labels are the same under every noise: an earlier condition's oracle folds of this dataset
+        # and seed are reused (the shards' keys check that data, labels and settings match).
+        for shards in sorted(out.glob(f"{ds_name}/*/seed{seed}/oracle/crossval/shards")):
+            if shards != run.path("crossval", "shards") and not run.path("crossval", "shards").exists():
+                shutil.copytree(shards, run.path("crossval", "shards"))
         out_ = crossval(run)
         labels_file = base / "noise" / "noisy_labels.npy"
         _, ds, _ = RunDir(base).bind_dataset(None)

@@ -7,7 +7,9 @@ MNIST-10k: 8,000 training images (noised) and 2,000 clean test images, the train
 For each condition it runs, through the CLI: noise -> crossval -> prune (confident learning) -> the
 CL-based trainings, then prune --method incv -> INCV Co-teaching, L2R and IEG with 10 trusted images
 per class (the true labels of 100 training images, held out of their training), and standard training on
-the true labels (the ceiling). ``--rows L2R IEG`` runs only the rows whose names start so. Prints a Markdown table (rows: methods, columns: conditions) and the wall time.
+the true labels (the ceiling); DivideMix (plain, and with its first division from prune's label quality) and ELR on all
+rows. ``--rows L2R IEG`` runs only the rows whose names start so. Prints a Markdown table (rows: methods,
+columns: conditions, then the mean seconds per training epoch and its ratio to standard training's) and the wall time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ ROWS = [
     ("INCV Co-teaching", None),  # after prune --method incv
     ("L2R, 10 trusted per class", ["--method", "l2r", "--subset", "all", "--probe-per-class", "10"]),
     ("IEG, 10 trusted per class", ["--method", "ieg", "--subset", "all", "--probe-per-class", "10"]),
+    ("DivideMix", ["--method", "dividemix", "--subset", "all"]),
+    ("DivideMix, CL-seeded division", ["--method", "dividemix", "--subset", "all", "--division", "prune"]),
+    ("ELR, all", ["--method", "elr", "--subset", "all"]),
     ("standard, clean labels (ceiling)", ["--method", "standard", "--subset", "all", "--clean-labels"]),
 ]
 
@@ -69,6 +74,7 @@ def main() -> None:
 
     rows = [(name, opts) for name, opts in ROWS if not args.rows or name.startswith(tuple(args.rows))]
     table: dict[str, dict[str, float]] = {name: {} for name, _ in rows}
+    per_epoch: dict[str, list[float]] = {name: [] for name, _ in rows}  # seconds per epoch, every condition
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for cond in args.conditions:
@@ -85,16 +91,22 @@ def main() -> None:
                 cli("train", run, *opts, *epochs, *seed)
                 m = json.loads((run / "train" / "manifest.json").read_text())["metrics"]
                 table[name][cond] = m["test_accuracy"]
+                history = (run / "train" / "history.csv").read_text().splitlines()
+                col = history[0].split(",").index("seconds")
+                per_epoch[name] += [float(line.split(",")[col]) for line in history[1:]]
                 print(f"{cond:>16}  {name:<34} {m['test_accuracy']:.4f}", file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60
     title = "digits (1,437 train / 360 test)" if args.quick else "MNIST-10k (8,000 train / 2,000 test)"
     command = shlex.join(["python", "pipelines/bench_mnist.py", *sys.argv[1:]])
     print(f"`{command}`: {title}, test accuracy in %, seed {args.seed}; {minutes:.1f} min on this machine\n")
     heads = [c.replace(":", " ").replace("random 0.4 0.2", "random 0.4 (sparsity 0.2)") for c in args.conditions]
-    print("| method | " + " | ".join(heads) + " |")
-    print("| --- |" + " --- |" * len(heads))
+    base = per_epoch.get("standard, all noisy labels")
+    print("| method | " + " | ".join(heads) + " | s / epoch |" + (" x standard |" if base else ""))
+    print("| --- |" + " --- |" * (len(heads) + 1 + bool(base)))
     for name, _ in rows:
-        print(f"| {name} | " + " | ".join(f"{100 * table[name][c]:.2f}" for c in args.conditions) + " |")
+        sec = sum(per_epoch[name]) / max(1, len(per_epoch[name]))
+        ratio = f" {sec / (sum(base) / len(base)):.1f} |" if base else ""
+        print(f"| {name} | " + " | ".join(f"{100 * table[name][c]:.2f}" for c in args.conditions) + f" | {sec:.2f} |{ratio}")
 
 
 if __name__ == "__main__":

@@ -484,3 +484,21 @@ def test_mixup_mixes_each_batch_with_a_permutation_of_itself_by_a_seeded_weight(
     assert torch.allclose(loss, want) and logits.shape == (6, 2)
     assert Mixup(0.5, seed=2).loss(Step([Probe()], x, y, torch.arange(6), 0, 8, 10,
                                         generator=torch.Generator().manual_seed(1)))[0] != loss  # another step, another lam
+
+
+def test_mixup_trains_plain_cross_entropy_during_its_warm_up_share():
+    from cleanpipe.engine import Mixup
+    from cleanpipe.engine.method import Step
+
+    net = nn.Linear(2, 2)
+    x = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    mixup = Mixup(1.0, seed=0, warmup=0.3)
+
+    def loss(epoch):
+        mixup.start_epoch(epoch, 10)
+        return mixup.loss(Step([net], x, y, torch.arange(6), epoch, 0, 10, generator=torch.Generator().manual_seed(1)))[0]
+
+    plain = F.cross_entropy(net(x), y)
+    assert torch.allclose(loss(0), plain) and torch.allclose(loss(2), plain)  # epochs 0-2 of 10: before 30%
+    assert not torch.allclose(loss(3), plain)  # from epoch 3 on, mixed

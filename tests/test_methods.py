@@ -42,7 +42,7 @@ def _settings(epochs=4, **kw):
 
 def test_the_registry_names_every_method_once():
     assert list(METHODS) == ["standard", "coteaching", "coteaching-plus", "incv-coteaching", "l2r", "ieg",
-                             "noisy-student"]
+                             "noisy-student", "elr", "dividemix"]
     for name, spec in METHODS.items():
         assert spec.name == name and spec.summary and spec.Options() is not None
     with pytest.raises(ParameterError, match="choose one of standard"):

@@ -294,6 +294,25 @@ def test_semantic_noise_on_digits(tmp_path, cli):
     assert m["top_confusions"][0]["count"] == counts.max()
 
 
+def test_semantic_noise_does_not_follow_crossvals_recipe(monkeypatch):
+    # "semantic 3%, seed 0" must name the same labels after crossval's defaults change (28x28 grey went from
+    # 10 to 20 epochs; the labeler keeps round 1's recipe and plain cross-entropy).
+    from dataclasses import replace
+
+    from cleanpipe.data import DataSpec, load_dataset
+    from cleanpipe.noise.semantic import semantic_noisy_labels
+    from cleanpipe.recipes import RECIPES, DataKind
+
+    ds = load_dataset(DataSpec("digits"))
+    X, y = ds.X_train[:600], ds.y_train[:600]
+    before = semantic_noisy_labels(X, y, 0.05, n_classes=10, source="digits", seed=1, device="cpu")
+    small = RECIPES[DataKind.SMALL]
+    monkeypatch.setitem(RECIPES, DataKind.SMALL, replace(small, crossval=replace(small.crossval, epochs=3, mixup=4.0)))
+    after = semantic_noisy_labels(X, y, 0.05, n_classes=10, source="digits", seed=1, device="cpu")
+    assert np.array_equal(before.result.noisy_labels, after.result.noisy_labels)
+    assert before.settings["epochs"] == 20 and before.settings["mixup"] == 0.0
+
+
 def test_semantic_noise_refusals(tmp_path, cli):
     np.save(tmp_path / "y.npy", _digit_labels())
     code, _, err = cli("noise", tmp_path / "s", "--labels", tmp_path / "y.npy", "--kind", "semantic", "--rate", 0.1)

@@ -74,8 +74,8 @@ def test_ranking_metrics_by_hand():
 def test_mnist_pipeline_f1(tmp_path, cli, mnist_dir):
     run = tmp_path / "m"
     assert cli("noise", run, "--dataset", "mnist", "--data", mnist_dir, "--kind", "symmetric", "--rate", 0.4)[0] == 0
-    # One split keeps the suite short: the default second split raises F1 (0.978 -> 0.981, bench_detection.py).
-    assert cli("crossval", run, "--repeats", 1)[0] == 0
+    # Half the default epochs keep the suite short (the pipeline's F1 is what is tested, not the recipe's).
+    assert cli("crossval", run, "--epochs", 10)[0] == 0
     code, out, err = cli("prune", run)
     assert code == 0, err
     assert json.loads((run / "prune" / "manifest.json").read_text())["metrics"]["f1"] >= 0.95

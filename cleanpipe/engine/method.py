@@ -108,13 +108,23 @@ class Mixup(Method):
     seed : int
         Seeds ``lam``: batch ``step`` of a run draws it from ``numpy.random.default_rng([seed, step])``,
         so a resumed run draws the same; the permutation comes from the epoch's generator.
+    warmup : float
+        Share of the epochs (from the first) trained on plain cross-entropy before mixing starts.
     """
 
-    def __init__(self, alpha: float, seed: int = 0) -> None:
+    def __init__(self, alpha: float, seed: int = 0, warmup: float = 0.0) -> None:
         self.alpha = float(alpha)
         self.seed = int(seed)
+        self.warmup = float(warmup)
+        self.mixing = True
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        self.mixing = epoch >= self.warmup * n_epochs
 
     def loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.mixing:
+            logits = step.nets[0](step.x)
+            return F.cross_entropy(logits.float(), step.y), logits
         lam = float(np.random.default_rng([self.seed, step.step]).beta(self.alpha, self.alpha))
         perm = torch.randperm(len(step.y), generator=step.generator, device=step.y.device)
         logits = step.nets[0](lam * step.x + (1.0 - lam) * step.x[perm])

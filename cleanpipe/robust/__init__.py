@@ -12,13 +12,15 @@ from cleanpipe.robust.base import (
     TrainResult,
 )
 from cleanpipe.robust.coteaching import CoTeachingOptions, IncvCoTeachingOptions
+from cleanpipe.robust.dividemix import DivideMixOptions
+from cleanpipe.robust.elr import ELROptions
 from cleanpipe.robust.ieg import IegOptions, L2ROptions
 from cleanpipe.robust.noisystudent import NoisyStudentOptions, NoisyStudentResult
 from cleanpipe.robust.registry import METHODS, get_method, register
 from cleanpipe.robust.training import train_model
 
 __all__ = [
-    "METHODS", "CoTeachingOptions", "IegOptions", "IncvCoTeachingOptions", "L2ROptions", "NoOptions",
+    "METHODS", "CoTeachingOptions", "DivideMixOptions", "ELROptions", "IegOptions", "IncvCoTeachingOptions", "L2ROptions", "NoOptions",
     "NoisyStudentOptions", "NoisyStudentResult", "PruneOutputs", "RunInputs", "TrainResult", "TrainingMethod", "get_method",
     "register", "train_model",
 ]

@@ -77,6 +77,8 @@ class PruneOutputs:
         INCV's estimated noise rate ε̂.
     symmetric : bool
         INCV treated the noise as symmetric.
+    label_quality : np.ndarray or None
+        float32 (N,): every row's label quality (read when the method asks for ``quality``).
     """
 
     keep: np.ndarray
@@ -87,6 +89,7 @@ class PruneOutputs:
     incv_candidates: np.ndarray | None = None
     eval_ratio: float | None = None
     symmetric: bool = True
+    label_quality: np.ndarray | None = None
 
 
 @dataclass
@@ -211,13 +214,15 @@ class TrainingMethod:
     n_nets: ClassVar[int] = 1
     Options: ClassVar[type] = NoOptions
     subsets: ClassVar[tuple[str, ...]] = ("kept", "all")
+    default_subset: ClassVar[str] = "kept"  # what --subset means when not given
 
     # ---- what it needs from a run (the train stage asks) ------------------------------------------
     def check_subset(self, subset: str) -> None:
         check_choice(subset, "subset", self.subsets)
 
     def prune_needed(self, options, subset: str) -> str | None:
-        """None, ``"any"`` (a prune stage of any method) or ``"incv"`` (an INCV prune stage)."""
+        """None, ``"any"`` (a prune stage of any method), ``"quality"`` (any, with every row's label quality)
+        or ``"incv"`` (an INCV prune stage)."""
         return "any" if subset == "kept" else None
 
     def subset_name(self, subset: str) -> str:

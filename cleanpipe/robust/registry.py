@@ -12,6 +12,8 @@ from cleanpipe.robust.coteaching import (
     CoTeachingTraining,
     IncvCoTeachingTraining,
 )
+from cleanpipe.robust.dividemix import DivideMixTraining
+from cleanpipe.robust.elr import ELRTraining
 from cleanpipe.robust.ieg import IegTraining, L2RTraining
 from cleanpipe.robust.noisystudent import NoisyStudentTraining
 from cleanpipe.robust.standard import StandardTraining
@@ -42,3 +44,5 @@ register(IncvCoTeachingTraining())
 register(L2RTraining())
 register(IegTraining())
 register(NoisyStudentTraining())
+register(ELRTraining())
+register(DivideMixTraining())

@@ -33,8 +33,26 @@ class TrainStage:
     note: str | None = None  # e.g. where corrected labels went
 
 
+def read_label_quality(run: RunDir, n: int) -> np.ndarray:
+    """float32 (n,): every training row's label quality from ``prune/label_issues.csv`` (its ``index`` column)."""
+    import pandas as pd
+
+    path = run.path("prune", "label_issues.csv")
+    try:
+        report = pd.read_csv(path, usecols=["index", "label_quality"])
+    except (OSError, ValueError) as e:
+        raise CleanpipeError(f"{path}: cannot read the label quality ({e}); re-run `cleanpipe prune {run.root}`") from None
+    index = report["index"].to_numpy()
+    if len(report) != n or index.min(initial=0) < 0 or index.max(initial=0) >= n or len(np.unique(index)) != n:
+        raise CleanpipeError(f"{path}: the report does not cover the run's {n} rows; re-run `cleanpipe prune {run.root}`")
+    quality = np.empty(n, np.float32)
+    quality[index] = report["label_quality"].to_numpy(np.float32)
+    return quality
+
+
 def read_prune_outputs(run: RunDir, n: int, need: str) -> PruneOutputs:
-    """The prune stage's keep mask and estimates (``need`` ``incv``: and INCV's sets), checked against this run."""
+    """The prune stage's keep mask and estimates (``need`` ``incv``: and INCV's sets; ``quality``: and every row's
+    label quality), checked against this run."""
     man = run.require("prune", hint=f"cleanpipe prune {run.root}")
     if man["parameters"].get("standalone"):
         raise CleanpipeError(
@@ -46,6 +64,8 @@ def read_prune_outputs(run: RunDir, n: int, need: str) -> PruneOutputs:
     m, method = man["metrics"], man["parameters"].get("method")
     out = PruneOutputs(keep=keep, method=method, estimated_noise_rate=m.get("estimated_noise_rate"),
                        estimated_noise_rate_kept=m.get("estimated_noise_rate_kept"))
+    if need == "quality":
+        out.label_quality = read_label_quality(run, n)
     if need == "incv":
         sets = run.path("prune", "incv_sets.npz")
         if method != "incv":
@@ -58,7 +78,7 @@ def read_prune_outputs(run: RunDir, n: int, need: str) -> PruneOutputs:
     return out
 
 
-def run_train_stage(run: RunDir, method: str = "standard", *, options=None, subset: str = "kept", model: str = "auto",
+def run_train_stage(run: RunDir, method: str = "standard", *, options=None, subset: str | None = None, model: str = "auto",
                     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
                     device: str = "auto", clean_labels: bool = False, progress=None) -> TrainStage:
     """Train on the run's (noisy) labels with a registered method and write ``RUN/train/``.
@@ -71,8 +91,8 @@ def run_train_stage(run: RunDir, method: str = "standard", *, options=None, subs
     options : dataclass, optional
         The method's options (``METHODS[method].Options``); what they leave open (forget rates, INCV's
         sets, trusted labels, the flagged rows) is read from the run.
-    subset : {'kept', 'all'}
-        The prune stage's kept examples, or every training example (the "train on noisy labels" baseline
+    subset : {'kept', 'all'}, optional
+        Default the method's (``kept``; ``all`` for DivideMix). The prune stage's kept examples, or every training example (the "train on noisy labels" baseline
         with ``standard``). ``incv-coteaching`` trains on INCV's sets.
     model, epochs, batch_size, lr, seed
         Override the train recipe of the run's kind of data (``cleanpipe.recipes``).
@@ -82,6 +102,7 @@ def run_train_stage(run: RunDir, method: str = "standard", *, options=None, subs
 
     spec = get_method(method)
     options = spec.Options() if options is None else options
+    subset = spec.default_subset if subset is None else subset
     spec.check_subset(subset)
     resolve_device(device)
     started = time.perf_counter()
@@ -99,7 +120,7 @@ def run_train_stage(run: RunDir, method: str = "standard", *, options=None, subs
         need = spec.prune_needed(options, subset)
         prune = None if need is None else read_prune_outputs(run, len(labels), need)
         if prune is not None:
-            files += [run.path("prune", name) for name in ("keep_mask.npy", "label_issues.csv")]
+            files += [run.path("prune", name) for name in ("keep_mask.npy", "label_issues.csv")]  # what the stage read
             files += [run.path("prune", "incv_sets.npz")] if need == "incv" else []
         inputs = RunInputs(ds, labels, truth, prune, subset, run.root)
         options, read = spec.from_run(options, inputs)
