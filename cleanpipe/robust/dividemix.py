@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cleanpipe.engine import predict_proba
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.lazy import lazy_module
@@ -398,8 +399,6 @@ class DivideMixTraining(TrainingMethod):
         return Plan(rows=job.rows, step=step, method_settings=used, config={"batch_size": 2 * BATCH, "lr": options.dividemix_lr}, state=state)
 
     def train(self, trainer, options, plan: Plan):
-        from cleanpipe.engine import predict_proba
-
         nets = trainer.build_nets(2)
         trained, history = trainer.train_nets(nets, plan.rows, plan.step, self.name)
         if trainer.test_data is not None and history:  # the paper's test prediction: both networks' summed logits
