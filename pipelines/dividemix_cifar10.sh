@@ -54,7 +54,7 @@ from pathlib import Path
 print("| condition | method | test accuracy (last epoch) | s / epoch | device |")
 print("| --- | --- | --- | --- | --- |")
 for run in sorted(Path(sys.argv[1]).iterdir()):
-    for d in sorted(p for p in run.iterdir() if (p / "manifest.json").is_file()):
+    for d in sorted(p for p in run.iterdir() if (p / "history.csv").is_file() and p.name != "train"):
         m = json.loads((d / "manifest.json").read_text())
         rows = list(csv.DictReader((d / "history.csv").open()))
         sec = [float(r["seconds"]) for r in rows]
