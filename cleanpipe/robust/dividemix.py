@@ -13,7 +13,7 @@ its labeled set, the rest its unlabeled set. A step of network k (peer j), MixMa
 - loss = soft cross-entropy on the labeled part + ``lambda_u`` (ramped in) x mean squared error on the
   unlabeled part (the reference's mean over rows and classes) + KL(uniform || mean prediction).
 
-Test predictions come from both networks' summed logits (:class:`LogitSum`). Decisions where this
+Test predictions come from both networks' summed logits (:func:`logit_sum`). Decisions where this
 differs from the reference script (``../shared/reference/dividemix_elr.md``, part A) or where it is silent:
 
 - Both networks step together, one engine step training each on its own labeled and unlabeled batches
@@ -54,7 +54,6 @@ from cleanpipe.robust.base import (
 from cleanpipe.validation import check_choice, check_number
 
 torch = lazy_module("torch")
-nn = lazy_module("torch.nn")
 F = lazy_module("torch.nn.functional")
 
 GMM_SETTINGS = dict(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)  # the paper's
@@ -99,15 +98,21 @@ def ramp_weight(epoch: float, start: int, length: float) -> float:
     return float(np.clip((epoch - start) / max(length, 1e-9), 0.0, 1.0))
 
 
-class LogitSum(nn.Module):
-    """Both networks' logits summed: DivideMix's test-time model (argmax equals the mean logits')."""
+def logit_sum(a, b):
+    """Both networks' logits summed, as one module: DivideMix's test-time model (argmax equals the mean logits').
 
-    def __init__(self, a, b) -> None:
-        super().__init__()
-        self.a, self.b = a, b
+    Built on call, so that importing this module does not import torch.
+    """
 
-    def forward(self, x):
-        return self.a(x) + self.b(x)
+    class LogitSum(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = a, b
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    return LogitSum()
 
 
 class DivideMix(Method):
@@ -171,17 +176,17 @@ class DivideMix(Method):
         self.epoch, self.n_epochs = epoch, n_epochs
 
     # ---- the division --------------------------------------------------------------------------
-    @torch.no_grad()
     def _losses(self, net) -> np.ndarray:
         was = net.training
         net.eval()
         rows_t = torch.as_tensor(self.rows, device=self.data.device)
         y = torch.as_tensor(self.labels_np, device=self.data.device)
         out = []
-        for s in range(0, len(rows_t), 1024):
-            idx = rows_t[s : s + 1024]
-            host = idx.cpu() if self.data.streamed else None
-            out.append(F.cross_entropy(net(self.data.batch(idx, host_idx=host)).float(), y[idx], reduction="none"))
+        with torch.no_grad():
+            for s in range(0, len(rows_t), 1024):
+                idx = rows_t[s : s + 1024]
+                host = idx.cpu() if self.data.streamed else None
+                out.append(F.cross_entropy(net(self.data.batch(idx, host_idx=host)).float(), y[idx], reduction="none"))
         net.train(was)
         return torch.cat(out).cpu().numpy()
 
@@ -402,7 +407,7 @@ class DivideMixTraining(TrainingMethod):
         nets = trainer.build_nets(2)
         trained, history = trainer.train_nets(nets, plan.rows, plan.step, self.name)
         if trainer.test_data is not None and history:  # the paper's test prediction: both networks' summed logits
-            both = predict_proba(LogitSum(*trained).eval(), trainer.test_data, np.arange(len(trainer.y_test)), trainer.cfg)
+            both = predict_proba(logit_sum(*trained).eval(), trainer.test_data, np.arange(len(trainer.y_test)), trainer.cfg)
             last = history[-1]
             last["test_accuracy_net1"] = last.get("test_accuracy")
             last["test_accuracy"] = round(float(np.mean(both.argmax(1) == trainer.y_test)), 6)
