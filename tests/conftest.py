@@ -138,3 +138,18 @@ def _image_cache(tmp_path_factory):
         os.environ.pop("CLEANPIPE_CACHE", None)
     else:
         os.environ["CLEANPIPE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits with 40% of the training labels flipped to another class (seeded)."""
+    import numpy as np
+
+    from cleanpipe.data import DataSpec, load_dataset
+
+    ds = load_dataset(DataSpec("digits"))
+    rng = np.random.default_rng(0)
+    noisy = ds.y_train.copy()
+    flip = rng.random(len(noisy)) < 0.4
+    noisy[flip] = (noisy[flip] + rng.integers(1, 10, flip.sum())) % 10
+    return ds, noisy

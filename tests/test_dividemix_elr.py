@@ -14,19 +14,6 @@ from cleanpipe.robust.elr import ELR
 from cleanpipe.validation import ParameterError
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """scikit-learn's digits with 40% of the training labels flipped to another class (seeded)."""
-    from cleanpipe.data import DataSpec, load_dataset
-
-    ds = load_dataset(DataSpec("digits"))
-    rng = np.random.default_rng(0)
-    noisy = ds.y_train.copy()
-    flip = rng.random(len(noisy)) < 0.4
-    noisy[flip] = (noisy[flip] + rng.integers(1, 10, flip.sum())) % 10
-    return ds, noisy
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_the_mixture_recovers_a_planted_clean_set(seed):
     rng = np.random.default_rng(seed)

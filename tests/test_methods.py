@@ -23,19 +23,6 @@ from cleanpipe.robust import (
 from cleanpipe.validation import ParameterError
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """scikit-learn's digits with 40% of the training labels flipped to another class (seeded)."""
-    from cleanpipe.data import DataSpec, load_dataset
-
-    ds = load_dataset(DataSpec("digits"))
-    rng = np.random.default_rng(0)
-    noisy = ds.y_train.copy()
-    flip = rng.random(len(noisy)) < 0.4
-    noisy[flip] = (noisy[flip] + rng.integers(1, 10, flip.sum())) % 10
-    return ds, noisy
-
-
 def _settings(epochs=4, **kw):
     return fit_settings("train", (1, 8, 8), epochs=epochs, **kw)
 

@@ -201,31 +201,29 @@ class DivideMix(Method):
             probs = [self.initial[self.rows], self.initial[self.rows]]
         self.prob = probs
         self.divided_epoch = self.epoch
-        self.metrics = {}
+        self.metrics, self._sets = {}, []
+        dev = self.data.device
         for k in range(2):  # network k trains on the division its peer made
-            labeled = probs[1 - k] > self.tau
+            w = probs[1 - k]
+            labeled = w > self.tau
             self.metrics[f"labeled_{k + 1}"] = int(labeled.sum())
             if self.is_clean is not None and labeled.any():
                 self.metrics[f"labeled_precision_{k + 1}"] = round(float(self.is_clean[self.rows[labeled]].mean()), 6)
-        self._sets = []
-        for k in range(2):
-            w = probs[1 - k]
-            labeled = w > self.tau
             if not labeled.any():  # keep the likeliest clean rows rather than train on nothing
                 labeled = w >= np.sort(w)[-min(len(w), self.B)]
-            dev = self.data.device
             self._sets.append((torch.as_tensor(self.rows[labeled], device=dev),
                                torch.as_tensor(w[labeled], device=dev),
                                torch.as_tensor(self.rows[~labeled], device=dev)))
+        self._labels = torch.as_tensor(self.labels_np, device=dev)  # once an epoch, not a copy a step
 
     # ---- the steps -----------------------------------------------------------------------------
     def _views(self, idx: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
         host = idx.cpu() if self.data.streamed else None
         return (self.data.batch(idx, self.augment, gen, host), self.data.batch(idx, self.augment, gen, host))
 
-    def _draw(self, pool: torch.Tensor, gen) -> torch.Tensor:
-        pick = torch.randperm(len(pool), generator=gen, device=pool.device)[: self.B]
-        return pool[pick]
+    def _pick(self, pool: torch.Tensor, gen) -> torch.Tensor:
+        """Up to B positions in ``pool``, drawn without replacement."""
+        return torch.randperm(len(pool), generator=gen, device=pool.device)[: self.B]
 
     def _warmup_loss(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         total, first = 0.0, None
@@ -254,12 +252,12 @@ class DivideMix(Method):
     def _mixmatch_loss(self, k: int, step: Step, lam_u: float) -> torch.Tensor:
         lab, w_all, unl = self._sets[k]
         gen = step.generator
-        pick = torch.randperm(len(lab), generator=gen, device=lab.device)[: self.B]
+        pick = self._pick(lab, gen)
         li, w = lab[pick], w_all[pick]
-        ui = self._draw(unl, gen) if len(unl) else None
+        ui = unl[self._pick(unl, gen)] if len(unl) else None
         xl = self._views(li, gen)
         u = None if ui is None else self._views(ui, gen)
-        t, q = self._targets(k, step.nets, xl, w, torch.as_tensor(self.labels_np, device=li.device)[li], u)
+        t, q = self._targets(k, step.nets, xl, w, self._labels[li], u)
         X = torch.cat([*xl, *(u or ())])
         Y = torch.cat([t, t] + ([q, q] if q is not None else []))
         lam = float(np.random.default_rng([self.seed, step.step, k]).beta(self.alpha, self.alpha))
