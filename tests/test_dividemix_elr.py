@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ def test_elr_targets_and_its_gradient_follow_the_paper():
     t, p = elr.target[[0, 2]], F.softmax(z.detach(), 1)
     inner = (t * p).sum(1, keepdim=True)
     assert torch.allclose(z.grad - ce_grad, p * (inner - t) / (1 - inner) / 2, atol=1e-6)
-    assert np.isfinite(float(loss))
+    assert np.isfinite(float(loss.detach()))
 
 
 @pytest.mark.parametrize("method, options", [("elr", ELROptions()), ("dividemix", DivideMixOptions(warmup=0.25))])
@@ -72,6 +73,10 @@ def test_each_trains_on_arrays_without_a_run_directory(digits, tmp_path, monkeyp
     if method == "dividemix":
         assert len(result.nets) == 2 and last["labeled_1"] > 0 and 0.5 < last["labeled_precision_1"] <= 1
         assert "test_accuracy_net1" in last  # the reported accuracy is both networks' summed logits
+        clean = result.per_example["clean_probability"]
+        assert clean.shape == (len(noisy),) and np.all((clean >= 0) & (clean <= 1))
+        # the final division ranks the 40% wrong labels first: far above the 0.4 that chance gives
+        assert result.metrics["clean_probability_ap"] > 0.8
     else:
         assert last["elr_flagged"] > 0 and last["elr_flagged_precision"] > 0.5
         assert result.per_example["target_label"].shape == (len(noisy),)
@@ -124,6 +129,9 @@ def test_dividemix_needs_no_prune_stage_and_bad_flags_are_one_line(tmp_path, cli
     assert code == 0, err
     man = json.loads((run / "train" / "manifest.json").read_text())
     assert man["parameters"]["subset"] == "all" and man["metrics"]["n_train"] == 1437
+    clean = pd.read_csv(run / "train" / "dividemix_clean.csv")
+    assert len(clean) == 1437 and clean["clean_probability"].is_monotonic_increasing  # worst first
+    assert clean["flagged"].equals(clean["clean_probability"] <= 0.5) and "is_true_error" in clean
     code, out, err = cli("train", run, "--method", "dividemix", "--p-threshold", 2)
     assert code == 2 and "p-threshold" in err and len(err.strip().splitlines()) == 1
     code, out, err = cli("train", run, "--method", "dividemix", "--division", "prune", "--epochs", 3)
