@@ -49,7 +49,8 @@ def _needs_prune(opts) -> bool:
     if opts is None:  # INCV's Co-teaching: its own prune stage
         return False
     method = get_method(opts[opts.index("--method") + 1])
-    return method.prune_needed(method.Options(), opts[opts.index("--subset") + 1]) is not None
+    given = {"division": opts[opts.index("--division") + 1]} if "--division" in opts else {}  # DivideMix's seed
+    return method.prune_needed(method.Options(**given), opts[opts.index("--subset") + 1]) is not None
 
 
 def main() -> None:
