@@ -5,7 +5,7 @@
 MNIST-10k (8,000 noised training images): ``cleanpipe noise``, then the defaults of ``crossval`` + ``prune``
 (label quality: normalized margin of the out-of-fold probabilities) and ``train --method dividemix`` (the
 final networks' losses, a two-component mixture per network, the two clean probabilities averaged:
-``train/dividemix_clean.csv``). For each ranking: average precision (AP) for the true errors, recall
+``train/dividemix_clean.csv``; also its finer ranking, the two networks' normalised final losses averaged). For each ranking: average precision (AP) for the true errors, recall
 within the top k (k = the number of errors), and the training seconds it took. Prints a Markdown table.
 """
 
@@ -61,8 +61,10 @@ def main() -> None:
     tr = json.loads((run / "train" / "manifest.json").read_text())
     cv_s = cv["metrics"]["fold_seconds_total"]
     tr_s = float(pd.read_csv(run / "train" / "history.csv")["seconds"].sum())
+    dm = pd.read_csv(run / "train" / "dividemix_clean.csv")
     rows = [("crossval + prune (defaults)", pd.read_csv(run / "prune" / "label_issues.csv"), "label_quality", cv_s),
-            ("DivideMix clean probability", pd.read_csv(run / "train" / "dividemix_clean.csv"), "clean_probability", tr_s)]
+            ("DivideMix clean probability", dm, "clean_probability", tr_s),
+            ("DivideMix final loss (both networks)", dm.assign(minus_loss=-dm["final_loss"]), "minus_loss", tr_s)]
     print(f"MNIST-10k, {args.kind} {args.rate:g}, seed {args.seed}: "
           f"{int(rows[0][1]['is_true_error'].sum())} wrong labels of {len(rows[0][1]):,}\n")
     print("| ranking | AP | recall in top k | training s |\n| --- | --- | --- | --- |")
@@ -70,7 +72,8 @@ def main() -> None:
         ap_, rk = ranking_scores(frame, quality)
         print(f"| {name} | {ap_:.3f} | {rk:.3f} | {seconds:.0f} |")
     print(f"\nDivideMix test accuracy {100 * tr['metrics']['test_accuracy']:.2f}%; "
-          f"its manifest's clean_probability_ap {tr['metrics'].get('clean_probability_ap')}")
+          f"its manifest's clean_probability_ap {tr['metrics'].get('clean_probability_ap')}, "
+          f"final_loss_ap {tr['metrics'].get('final_loss_ap')}")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_each_trains_on_arrays_without_a_run_directory(digits, tmp_path, monkeyp
         clean = result.per_example["clean_probability"]
         assert clean.shape == (len(noisy),) and np.all((clean >= 0) & (clean <= 1))
         # the final division ranks the 40% wrong labels first: far above the 0.4 that chance gives
-        assert result.metrics["clean_probability_ap"] > 0.8
+        assert result.metrics["clean_probability_ap"] > 0.8 and result.metrics["final_loss_ap"] > 0.8
     else:
         assert last["elr_flagged"] > 0 and last["elr_flagged_precision"] > 0.5
         assert result.per_example["target_label"].shape == (len(noisy),)
@@ -132,6 +132,7 @@ def test_dividemix_needs_no_prune_stage_and_bad_flags_are_one_line(tmp_path, cli
     clean = pd.read_csv(run / "train" / "dividemix_clean.csv")
     assert len(clean) == 1437 and clean["clean_probability"].is_monotonic_increasing  # worst first
     assert clean["flagged"].equals(clean["clean_probability"] <= 0.5) and "is_true_error" in clean
+    assert clean["final_loss"].between(0, 1).all()
     code, out, err = cli("train", run, "--method", "dividemix", "--p-threshold", 2)
     assert code == 2 and "p-threshold" in err and len(err.strip().splitlines()) == 1
     code, out, err = cli("train", run, "--method", "dividemix", "--division", "prune", "--epochs", 3)

@@ -217,13 +217,22 @@ class DivideMix(Method):
                                torch.as_tensor(self.rows[~labeled], device=dev)))
         self._labels = torch.as_tensor(self.labels_np, device=dev)  # once an epoch, not a copy a step
 
-    def clean_probabilities(self, nets) -> np.ndarray:
-        """float32 (2, N): each network's clean probability of every row (NaN off the training rows), from a
-        mixture on its final per-example losses; the division as a label-quality score."""
-        out = np.full((2, len(self.labels_np)), np.nan, dtype=np.float32)
+    def clean_probabilities(self, nets) -> tuple[np.ndarray, np.ndarray]:
+        """The division as a label-quality score, from each network's final per-example losses.
+
+        Returns float32 (2, N) clean probabilities (a mixture per network) and float32 (N,) the two networks'
+        min-max normalised losses averaged (NaN off the training rows). The posteriors saturate at 0 and 1,
+        so the losses are the finer ranking.
+        """
+        prob = np.full((2, len(self.labels_np)), np.nan, dtype=np.float32)
+        loss = np.full(len(self.labels_np), np.nan, dtype=np.float32)
+        norm = []
         for k, net in enumerate(nets[:2]):
-            out[k, self.rows] = clean_probability(self._losses(net), seed=self.seed * 1000 + 2 * self.n_epochs + k)
-        return out
+            x = self._losses(net)
+            prob[k, self.rows] = clean_probability(x, seed=self.seed * 1000 + 2 * self.n_epochs + k)
+            norm.append((x - x.min()) / max(float(x.max() - x.min()), 1e-12))
+        loss[self.rows] = np.mean(norm, 0)
+        return prob, loss
 
     # ---- the steps -----------------------------------------------------------------------------
     def _views(self, idx: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,27 +437,30 @@ class DivideMixTraining(TrainingMethod):
             last = history[-1]
             last["test_accuracy_net1"] = last.get("test_accuracy")
             last["test_accuracy"] = round(float(np.mean(both.argmax(1) == trainer.y_test)), 6)
-        prob = plan.step.clean_probabilities(trained)
+        prob, loss = plan.step.clean_probabilities(trained)
         metrics = {}
         if plan.step.is_clean is not None:  # how well the final division ranks the true errors (benchmarks)
             from sklearn.metrics import average_precision_score
 
             noisy = ~plan.step.is_clean[plan.rows]
             if noisy.any():
-                metrics["clean_probability_ap"] = round(float(average_precision_score(noisy, -prob.mean(0)[plan.rows])), 6)
+                for name, score in (("clean_probability_ap", -prob.mean(0)), ("final_loss_ap", loss)):
+                    metrics[name] = round(float(average_precision_score(noisy, score[plan.rows])), 6)
         return trainer.result(trained, history, plan, metrics=metrics, per_example={
-            "clean_probability": prob.mean(0), "clean_probability_1": prob[0], "clean_probability_2": prob[1]})
+            "clean_probability": prob.mean(0), "clean_probability_1": prob[0], "clean_probability_2": prob[1],
+            "final_loss": loss})
 
     def outputs(self, result, dataset, labels, truth):
         import pandas as pd
 
         rows, got = result.rows, result.per_example
         frame = pd.DataFrame({"index": rows, "id": dataset.ids_train[rows], "given_label": labels[rows],
-                              **{k: np.round(got[k][rows], 6) for k in
-                                 ("clean_probability", "clean_probability_1", "clean_probability_2")}})
+                              **{k: got[k][rows] for k in
+                                 ("clean_probability", "clean_probability_1", "clean_probability_2", "final_loss")}})
         frame["flagged"] = frame["clean_probability"] <= result.method_settings["p_threshold"]
         if truth is not None:
             frame["true_label"] = truth[rows]
             frame["is_true_error"] = truth[rows] != labels[rows]
-        # worst first: the rows the final mixture least believes clean
-        return {"dividemix_clean.csv": frame.sort_values(["clean_probability", "index"], kind="stable")}
+        # worst first: the rows the final mixture least believes clean, ties (saturated posteriors) by loss
+        order = np.lexsort((rows, -frame["final_loss"].to_numpy(), frame["clean_probability"].to_numpy()))
+        return {"dividemix_clean.csv": frame.iloc[order]}
