@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +30,11 @@ def cleanpipe(*args) -> None:
 
 def ranking_scores(frame: pd.DataFrame, quality: str) -> tuple[float, float]:
     """AP and recall within the top k (k = the number of errors) of ranking by ``quality`` (low = suspect)."""
-    from sklearn.metrics import average_precision_score
+    from cleanpipe.metrics import error_average_precision, recall_at_k
 
-    errors = frame["is_true_error"].to_numpy(bool)
-    q = frame[quality].to_numpy(float)
-    order = np.lexsort((frame["index"].to_numpy(), q))  # worst first, ties by row
-    return float(average_precision_score(errors, -q)), float(errors[order[: errors.sum()]].mean())
+    frame = frame.sort_values("index")  # ties in order of row
+    q, errors = frame[quality].to_numpy(float), frame["is_true_error"].to_numpy(bool)
+    return error_average_precision(q, errors), recall_at_k(q, errors)
 
 
 def main() -> None:

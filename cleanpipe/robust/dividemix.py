@@ -44,6 +44,7 @@ from cleanpipe.engine import predict_proba
 from cleanpipe.engine.method import Method, Step
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.lazy import lazy_module
+from cleanpipe.metrics import error_average_precision
 from cleanpipe.recipes import recipe
 from cleanpipe.robust.base import (
     Plan,
@@ -67,6 +68,12 @@ def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True)
 
 
+def minmax(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled to [0, 1] (all zeros when constant): the per-example losses the mixture reads."""
+    span = x.max() - x.min()
+    return (x - x.min()) / (span if span > 0 else 1.0)
+
+
 def clean_probability(losses: np.ndarray, seed: int = 0) -> np.ndarray:
     """The posterior of the low-loss component of a two-component Gaussian mixture on min-max normalised losses.
 
@@ -85,9 +92,7 @@ def clean_probability(losses: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    x = np.asarray(losses, dtype=np.float64)
-    span = x.max() - x.min()
-    x = (x - x.min()) / (span if span > 0 else 1.0)
+    x = minmax(np.asarray(losses, dtype=np.float64))
     with warnings.catch_warnings():  # 10 iterations, the paper's, often stop before sklearn calls it converged
         warnings.simplefilter("ignore", ConvergenceWarning)
         gmm = GaussianMixture(random_state=seed, **GMM_SETTINGS).fit(x[:, None])
@@ -194,9 +199,7 @@ class DivideMix(Method):
     def _divide(self, nets) -> None:
         probs = []
         for k, net in enumerate(nets[:2]):
-            loss = self._losses(net)
-            span = loss.max() - loss.min()
-            self.history[k] = (self.history[k] + [(loss - loss.min()) / (span if span > 0 else 1.0)])[-self.window:]
+            self.history[k] = (self.history[k] + [minmax(self._losses(net))])[-self.window:]
             probs.append(clean_probability(np.mean(self.history[k], 0), seed=self.seed * 1000 + self.epoch * 2 + k))
         if self.initial is not None and self.epoch == self.warmup:
             probs = [self.initial[self.rows], self.initial[self.rows]]
@@ -230,7 +233,7 @@ class DivideMix(Method):
         for k, net in enumerate(nets[:2]):
             x = self._losses(net)
             prob[k, self.rows] = clean_probability(x, seed=self.seed * 1000 + 2 * self.n_epochs + k)
-            norm.append((x - x.min()) / max(float(x.max() - x.min()), 1e-12))
+            norm.append(minmax(x))
         loss[self.rows] = np.mean(norm, 0)
         return prob, loss
 
@@ -440,12 +443,11 @@ class DivideMixTraining(TrainingMethod):
         prob, loss = plan.step.clean_probabilities(trained)
         metrics = {}
         if plan.step.is_clean is not None:  # how well the final division ranks the true errors (benchmarks)
-            from sklearn.metrics import average_precision_score
-
             noisy = ~plan.step.is_clean[plan.rows]
-            if noisy.any():
-                for name, score in (("clean_probability_ap", -prob.mean(0)), ("final_loss_ap", loss)):
-                    metrics[name] = round(float(average_precision_score(noisy, score[plan.rows])), 6)
+            for name, quality in (("clean_probability_ap", prob.mean(0)), ("final_loss_ap", -loss)):
+                ap = error_average_precision(quality[plan.rows], noisy)
+                if ap is not None:
+                    metrics[name] = round(ap, 6)
         return trainer.result(trained, history, plan, metrics=metrics, per_example={
             "clean_probability": prob.mean(0), "clean_probability_1": prob[0], "clean_probability_2": prob[1],
             "final_loss": loss})
