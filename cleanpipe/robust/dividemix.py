@@ -430,7 +430,10 @@ class DivideMixTraining(TrainingMethod):
                          initial_clean=None if options.division == "gmm" else options.initial_clean,
                          seed=job.settings.seed, is_clean=job.is_clean)
         state = {"key_arrays": () if options.initial_clean is None else (np.asarray(options.initial_clean, np.float32),)}
-        return Plan(rows=job.rows, step=step, method_settings=used, config={"batch_size": 2 * BATCH, **({} if lr is None else {"lr": lr})}, state=state)
+        # The reference trains at its full rate from the first step. A learning-rate ramp (the engine's default, 20%
+        # of the steps) leaves the short warm-up at a quarter to half the rate: at symmetric 80%, seed 1, the first
+        # division was then near chance and the networks collapsed (30.95%); without it 96.90% (seed 0: 97.50%).
+        return Plan(rows=job.rows, step=step, method_settings=used, config={"batch_size": 2 * BATCH, "warmup": 0.0, **({} if lr is None else {"lr": lr})}, state=state)
 
     def train(self, trainer, options, plan: Plan):
         nets = trainer.build_nets(2)
