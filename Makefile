@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e ".[dev]"
 	touch $(STAMP)
 
-# The tests also cover the optional executors (Ray, submitit); `make demo` needs neither.
+# The tests also cover the optional executors (Ray, submitit) and the audit (faiss); `make demo` needs none of them.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e ".[dev,ray,slurm]"
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e ".[dev,ray,slurm,audit]"
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cleanpipe import __version__
+from cleanpipe.audit.issues import LEAK_THRESHOLD, NEAR_THRESHOLD, OUTLIER_THRESHOLD
+from cleanpipe.audit.issues import K as AUDIT_K
 from cleanpipe.data import SOURCES, DataSpec
 from cleanpipe.data.unlabeled import KINDS as UNLABELED_KINDS
 from cleanpipe.detect.confident import ALIASES, DEFAULT_METHOD, FILTERS, RANK_BY
@@ -473,6 +475,68 @@ def prune(
             frac_noise=frac_noise, num_to_remove_per_class=counts, rank_by=rank_by, incv=incv, progress=progress,
         )
     print_prune_summary(run_dir, stage, top)
+
+
+@app.command()
+@user_errors
+def audit(
+    run_dir: Path = MadeRunArg,
+    features: Optional[Path] = typer.Option(None, "--features", help="Your own embeddings (.npy, N x D for the training rows, or training then test rows) instead of the audit's encoder.", show_default=False),
+    k: int = typer.Option(AUDIT_K, "--k", help="Nearest neighbours per row (Datalab's 10)."),
+    near_threshold: float = typer.Option(NEAR_THRESHOLD, "--near-threshold", help="A near duplicate lies closer than this times the median nearest-neighbour distance (Datalab's)."),
+    outlier_threshold: float = typer.Option(OUTLIER_THRESHOLD, "--outlier-threshold", help="Outliers beyond Q3 + (1/t - 1) IQR of the mean kNN distance (Datalab's t; 1.7 IQR)."),
+    leak_threshold: float = typer.Option(LEAK_THRESHOLD, "--leak-threshold", help="A test row closer than this times the training rows' median nearest-neighbour distance copies a training row."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="The encoder's epochs (default the train recipe's).", show_default=False),
+    seed: int = typer.Option(0, "--seed", help="The encoder's seed."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    top: int = typer.Option(5, "--top", help="Rows of each issue kind to show."),
+) -> None:
+    """Find exact and near duplicates, outliers and test rows that copy training rows.
+
+    Embeds every row with one network trained on all training rows (or --features), hashes the raw rows for
+    exact copies, and compares rows by cosine distance with faiss. Writes RUN/audit/issues.csv (id, split,
+    issue, other_id, score, labels_differ, ...), features.npy and manifest.json; `cleanpipe review` shows the
+    findings beside the label issues.
+
+    Examples:
+      [bold]cleanpipe audit runs/demo[/]   (after crossval or noise)
+
+      [bold]cleanpipe audit runs/real --features embeddings.npy[/]   (N x D, e.g. a pretrained encoder's)
+    """
+    from cleanpipe.audit import AuditSettings
+    from cleanpipe.stages.audit import run_audit_stage
+
+    settings = AuditSettings(k=k, near_threshold=near_threshold, outlier_threshold=outlier_threshold,
+                             leak_threshold=leak_threshold, seed=seed)
+    _set_threads(threads)
+    with RichProgress(console) as progress:
+        stage = run_audit_stage(RunDir(run_dir), features=features, settings=settings, seed=seed, epochs=epochs,
+                                device=device, progress=progress)
+    print_audit_summary(run_dir, stage, top)
+
+
+def print_audit_summary(run_dir: Path, stage, top: int = 5) -> None:
+    m, p = stage.manifest["metrics"], stage.manifest["parameters"]
+    space = "your features" if p["features"] == "file" else f"a {p['encoder']} trained on all {stage.n_train:,} training rows"
+    leaks = (f", [bold]{m['n_test_leak']:,}[/] of {stage.n_test:,} test rows copy training rows ({m['test_leak_share']:.1%})"
+             if p["leak_check"] else " (no test split: no leak check)")
+    console.print(f"[bold green]audit[/] {stage.n_train:,} training rows in {space} ({m['feature_dim']} dimensions): "
+                  f"[bold]{m['n_exact_duplicate']:,}[/] exact duplicates, [bold]{m['n_near_duplicate']:,}[/] near duplicates, "
+                  f"[bold]{m['n_outlier']:,}[/] outliers{leaks}")
+    if m["n_labels_differ"]:
+        console.print(f"[yellow]note:[/] {m['n_labels_differ']:,} duplicate or leak row(s) carry another label than their copy: label errors on one side")
+    table = stage.table
+    if top > 0 and len(table):
+        t = Table(title="the most certain findings of each kind", title_justify="left")
+        for col, just in (("issue", "left"), ("split", "left"), ("id", "left"), ("other_id", "left"), ("score", "right"),
+                          ("labels differ", "left")):
+            t.add_column(col, justify=just)
+        for _, group in table.groupby("issue", sort=False):
+            for r in group.head(top).itertuples(index=False):
+                t.add_row(r.issue, r.split, str(r.id), str(r.other_id), f"{r.score:.3f}", "yes" if r.labels_differ else "")
+        console.print(t)
+    console.print(f"[dim]wrote {run_dir}/audit/issues.csv; decide on them with: cleanpipe review {run_dir}[/]")
 
 
 def print_prune_summary(run_dir: Path, stage, top: int = 10) -> None:

@@ -41,7 +41,7 @@ from cleanpipe.errors import CleanpipeError
 from cleanpipe.files import atomic_write_json, file_digest, load_npy, read_json
 
 # The stage folders a run directory may hold (what a manifest's inputs are traced back through).
-STAGES = ("noise", "crossval", "prune", "theory", "train", "review", "apply", "predict", "report")
+STAGES = ("noise", "crossval", "prune", "audit", "theory", "train", "review", "apply", "predict", "report")
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.json"
 
