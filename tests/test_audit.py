@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cleanpipe.audit import AuditSettings, exact_groups, find_audit_issues, first_copy_in, issue_table, row_digests
+from cleanpipe.audit import (
+    AuditSettings,
+    exact_groups,
+    find_audit_issues,
+    first_copy_in,
+    issue_table,
+    row_digests,
+)
 from cleanpipe.audit.neighbours import build_index, knn_graph, normalised
 from cleanpipe.audit.pixels import aligned_residual
 
