@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cleanpipe import __version__
+from cleanpipe.audit import AuditSettings
 from cleanpipe.audit.issues import LEAK_THRESHOLD, NEAR_THRESHOLD, OUTLIER_THRESHOLD
 from cleanpipe.audit.issues import K as AUDIT_K
 from cleanpipe.data import SOURCES, DataSpec
@@ -41,6 +42,7 @@ from cleanpipe.recipes import RECIPES
 from cleanpipe.robust import METHODS, get_method
 from cleanpipe.rundir import RunDir
 from cleanpipe.stages.apply import run_apply_stage
+from cleanpipe.stages.audit import run_audit_stage
 from cleanpipe.stages.crossval import run_crossval_stage
 from cleanpipe.stages.noise import run_noise_stage
 from cleanpipe.stages.pipeline import run_pipeline
@@ -504,9 +506,6 @@ def audit(
 
       [bold]cleanpipe audit runs/real --features embeddings.npy[/]   (N x D, e.g. a pretrained encoder's)
     """
-    from cleanpipe.audit import AuditSettings
-    from cleanpipe.stages.audit import run_audit_stage
-
     settings = AuditSettings(k=k, near_threshold=near_threshold, outlier_threshold=outlier_threshold,
                              leak_threshold=leak_threshold, seed=seed)
     _set_threads(threads)
@@ -839,7 +838,7 @@ def review(
     run_dir: Path = MadeRunArg,
     also: int = typer.Option(0, "--also", help="Add this many of the next-worst examples that were not flagged."),
 ) -> None:
-    """A page for deciding on the flagged examples, worst first (opens from disk, no server).
+    """A page for deciding on the flagged examples, worst first, and the audit's findings (opens from disk, no server).
 
     Writes RUN/review/review.html. For each example: its image (or a table row's values), ID, given
     and suggested class, label quality; keep the given label ([bold]k[/]), accept the suggestion ([bold]a[/]),
@@ -850,6 +849,7 @@ def review(
     """
     stage = run_review_stage(RunDir(run_dir), also=also)
     extra = f" + {stage.n_also:,} next-worst" if stage.n_also else ""
+    extra += f", {stage.n_audit:,} with audit findings (duplicates, outliers, test copies)" if stage.n_audit else ""
     console.print(f"[bold green]review[/] {stage.html_path}: {stage.n_flagged:,} flagged{extra} examples to decide on "
                   f"({_size(stage.manifest['metrics']['page_bytes'])}, opens from disk)")
     console.print(f"[dim]open it in a browser, decide, press Export, then: cleanpipe apply {run_dir} corrections.csv --out fixed_labels.csv[/]")

@@ -15,7 +15,7 @@ LAYERS = [
     ("building blocks", ["labels", "models", "engine", "executors"]),
     ("data", ["data", "saved_model"]),
     ("recipes", ["recipes"]),
-    ("cores", ["noise", "detect", "robust"]),
+    ("cores", ["noise", "detect", "robust", "audit"]),
     ("run directory", ["rundir"]),
     ("stages", ["stages"]),
     ("command line", ["cli", "__main__"]),

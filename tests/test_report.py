@@ -48,6 +48,22 @@ def test_report_html_references_only_inlined_or_existing_files(tmp_path, cli):
     for png in ("noise_matrix.png", "issues_per_class.png", "label_quality.png", "training_curves.png", "suspicious.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG", png
     assert "test accuracy" in page and "precision / recall / F1" in page
+    assert "audit:" not in page  # no audit stage, no audit lines
+
+
+def test_report_lists_the_audit_counts(noisy_digits_run, tmp_path, cli):
+    import json
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(noisy_digits_run, run)
+    assert cli("audit", run, "--epochs", 2)[0] == 0
+    code, out, err = cli("report", run, "--top", 0)
+    assert code == 0, err
+    page = (run / "report" / "report.html").read_text()
+    m = json.loads((run / "audit" / "manifest.json").read_text())["metrics"]
+    assert f"<th>audit: outliers</th><td>{m['n_outlier']:,}</td>" in page
+    assert "audit: exact / near duplicates" in page and "audit: test rows copying training rows" in page
 
 
 def test_report_without_a_prune_stage_is_one_clear_line(tmp_path, cli):

@@ -170,3 +170,65 @@ def test_awkward_ids_and_class_names_survive_the_page_and_the_export_and_undo_ta
     assert exported.values.tolist() == [[ids[0], "relabel", classes[1]], [ids[1], "exclude", ""], [ids[2], "exclude", ""]]
     fixes = read_corrections(download, ids, np.array([k % 4 for k in range(len(ids))]), classes)
     assert fixes.rows.tolist() == [0, 1, 2] and fixes.label.tolist() == [1, -1, -1]
+
+
+def test_audit_cards_decide_reload_export_and_apply(tmp_path, cli, browser):
+    """The audit's findings as cards: a copy under another label relabelled to match, a training image copied
+    into the test split excluded, a duplicate kept; the decisions survive a reload and go through apply."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from cleanpipe.data import DataSpec, load_dataset
+
+    ds = load_dataset(DataSpec("digits"))
+    X, y, Xt, yt = ds.X_train, ds.y_train.copy(), ds.X_test.copy(), ds.y_test.copy()
+    n = len(X)
+    X = np.concatenate([X, X[:2]])
+    y = np.concatenate([y, [(y[0] + 1) % 10, y[1]]])  # row n copies row 0 under another label; n + 1 copies row 1
+    Xt[0], yt[0] = X[10], y[10]  # training row 10 copied into the test split
+    np.savez(tmp_path / "d.npz", X=X, y=y, X_test=Xt, y_test=yt)
+    run = tmp_path / "run"
+    assert cli("crossval", run, "--dataset", "npz", "--data", tmp_path / "d.npz", "--fold", 0, "--epochs", 1)[0] == 0
+    code, out, err = cli("audit", run, "--epochs", 3)
+    assert code == 0, err
+    code, out, err = cli("review", run)
+    assert code == 0, err
+    assert "with audit findings" in out
+    page = run / "review" / "review.html"
+    _open(browser, page)
+
+    conflict, dup, leak = str(n), str(n + 1), "10"
+    card = _card(browser, conflict)
+    finding = card.find_element(By.CSS_SELECTOR, '.finding[data-issue="exact_duplicate"]')
+    assert "exact duplicate of 0" in finding.text and "labels differ" in finding.text
+    assert finding.find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/png")
+    assert "copied into the test split as test/0" in _card(browser, leak).text
+    # Decide: relabel the conflicting copy to match its partner, exclude the leaked training copy, keep both of a pair.
+    accept = card.find_element(By.NAME, "accept")
+    assert accept.text == f"relabel to match: {y[0]}"
+    accept.click()
+    _card(browser, leak).find_element(By.NAME, "exclude").click()
+    keep = _card(browser, dup).find_element(By.NAME, "keep")
+    assert keep.text == "keep both"
+    keep.click()
+    want = {conflict: "relabel", leak: "exclude", dup: "keep"}
+    assert _decisions(browser, want) == want
+
+    browser.refresh()
+    _open(browser, page)
+    assert _decisions(browser, want) == want
+    Select(browser.find_element(By.ID, "f-issue")).select_by_value("test_leak")
+    shown = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
+    assert leak in shown and conflict not in shown
+
+    browser.find_element(By.ID, "export").click()
+    download = browser.download_dir / "corrections.csv"
+    deadline = time.time() + 15
+    while not download.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    exported = pd.read_csv(download, dtype=str, keep_default_na=False)
+    assert dict(zip(exported["id"], exported["decision"])) == want
+    code, out, err = cli("apply", run, download, "--out", tmp_path / "fixed.csv")
+    assert code == 0, err
+    fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str).set_index("id")["label"]
+    assert fixed[conflict] == str(y[0]) and fixed[leak] == "-1" and fixed[dup] == str(y[1])

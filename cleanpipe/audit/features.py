@@ -12,7 +12,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from cleanpipe.engine import DeviceData
 from cleanpipe.errors import CleanpipeError
+from cleanpipe.lazy import lazy_module
+from cleanpipe.robust import train_model
+
+torch = lazy_module("torch")
 
 EMBED_BATCH = 4096
 
@@ -50,10 +55,6 @@ def embed(net, mean, std, X: np.ndarray, device=None) -> np.ndarray:
     device : str or torch.device, optional
         Default: where the network's weights are.
     """
-    import torch
-
-    from cleanpipe.engine.data import DeviceData
-
     linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     if not linear:
         raise CleanpipeError("the embedding network has no linear layer to read features before")
@@ -81,6 +82,4 @@ def train_embedding(X: np.ndarray, labels: np.ndarray, *, settings=None, device:
     -------
     cleanpipe.robust.base.TrainResult
     """
-    from cleanpipe.robust import train_model
-
     return train_model(X, labels, method="standard", settings=settings, device=device, resume_dir=resume_dir, progress=progress)

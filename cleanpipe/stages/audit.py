@@ -119,6 +119,7 @@ def read_audit(run: RunDir, n_train: int):
     run.require("audit", hint=f"cleanpipe audit {run.root}")
     path = run.path("audit", "issues.csv")
     table = pd.read_csv(path, dtype={"id": str, "other_id": str}, keep_default_na=False)
-    if len(table) and int(table.loc[table["split"] == "train", "index"].max(initial=-1)) >= n_train:
+    train_rows = table.loc[table["split"] == "train", "index"].to_numpy()
+    if len(train_rows) and int(train_rows.max()) >= n_train:
         raise CleanpipeError(f"{path}: the audit does not fit the run's {n_train} training rows; re-run `cleanpipe audit {run.root}`")
     return table

@@ -93,13 +93,16 @@ def run_report_stage(run: RunDir, *, top: int = 32) -> ReportStage:
                 plot_suspicious_grid(ds.X_train[rows], caps, cols, w.path("suspicious.png"))
                 plots.append(("suspicious.png", f"The {len(rows)} most suspicious labels: given → suggested"
                               + (" (true; red = the given label is wrong)" if "true_label" in worst else "")))
-            page = _html(run, prune_man, run.manifest("train"), plots, w.dir, report.head(20), names)
+            audit_man = run.require("audit") if run.has("audit") else None
+            if audit_man is not None:
+                w.record_input(run.path("audit", "issues.csv"))
+            page = _html(run, prune_man, run.manifest("train"), plots, w.dir, report.head(20), names, audit_man)
             w.path("report.html").write_text(page, encoding="utf-8")
             manifest = w.finish(parameters={"top": top}, metrics={"plots": [p for p, _ in plots]})
     return ReportStage(manifest, [p for p, _ in plots], run.path("report", "report.html"))
 
 
-def _html(run: RunDir, prune_man: dict, train_man: dict | None, plots, folder: Path, worst, names) -> str:
+def _html(run: RunDir, prune_man: dict, train_man: dict | None, plots, folder: Path, worst, names, audit_man: dict | None = None) -> str:
     esc = html.escape
     m = prune_man["metrics"]
     facts = [("labels checked", f"{m['n']:,}"), ("flagged as label issues", f"{m['n_issues']:,} ({m['n_issues'] / max(m['n'], 1):.1%})"),
@@ -108,6 +111,13 @@ def _html(run: RunDir, prune_man: dict, train_man: dict | None, plots, folder: P
     if "precision" in m:
         facts += [("true noise rate", f"{m['true_noise_rate']:.1%}"),
                   ("precision / recall / F1", f"{m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f}")]
+    if audit_man is not None:  # the audit's counts (audit/issues.csv lists the rows)
+        a = audit_man["metrics"]
+        facts += [("audit: exact / near duplicates", f"{a['n_exact_duplicate']:,} / {a['n_near_duplicate']:,}"),
+                  ("audit: outliers", f"{a['n_outlier']:,}"),
+                  ("audit: test rows copying training rows", f"{a['n_test_leak']:,}" if audit_man["parameters"]["leak_check"]
+                   else "not checked (no test features)"),
+                  ("audit: duplicates or leaks under another label", f"{a['n_labels_differ']:,}")]
     if train_man is not None:
         t = train_man["metrics"]
         facts += [("training", f"{train_man['parameters']['method']} on {t['n_train']:,} examples"),
