@@ -1,7 +1,7 @@
 """Every row embedded by one function: the space the audit's neighbours are measured in.
 
 The out-of-fold models each have their own feature space (rows scored by different folds are not comparable), so
-the audit trains one network on all training rows with the train stage's recipe (its noisy labels teach it the
+the audit trains one network on all training rows with crossval's recipe (its noisy labels teach it the
 classes; shift augmentation makes a moved copy embed next to its original) and reads the input of its last linear
 layer for the training and the test split alike. A user's own embeddings (``--features``) replace it.
 """
@@ -76,7 +76,7 @@ def embed(net, mean, std, X: np.ndarray, device=None) -> np.ndarray:
 
 
 def train_embedding(X: np.ndarray, labels: np.ndarray, *, settings=None, device: str = "auto", resume_dir=None, progress=None):
-    """One network trained on every row with the train stage's recipe (plain cross-entropy): the audit's encoder.
+    """One network trained on every row (``settings``: crossval's recipe, plain cross-entropy): the audit's encoder.
 
     Returns
     -------

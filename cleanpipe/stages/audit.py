@@ -1,7 +1,7 @@
 """The audit stage (``cleanpipe audit RUN``): duplicates, near duplicates, outliers and test leaks.
 
 Reads the run's data and labels, embeds every row in one space (a network trained on all training rows with
-the train recipe, or ``--features FILE``), hashes the raw rows for exact copies, and writes
+crossval's recipe, or ``--features FILE``), hashes the raw rows for exact copies, and writes
 ``RUN/audit/issues.csv`` (one row per example and issue: ``id, split, issue, other_id, score, labels_differ``,
 then ``index, other_index, given_label, other_label, distance``), ``features.npy`` (the space used, training
 rows then test rows) and ``manifest.json``.
@@ -20,7 +20,7 @@ from cleanpipe.audit.features import check_features, embed, train_embedding
 from cleanpipe.engine import resolve_device
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.files import load_npy
-from cleanpipe.recipes import fit_settings
+from cleanpipe.recipes import FitSettings, fit_settings
 from cleanpipe.rundir import RunDir
 
 SUMMARY_HEAD = 5  # rows per issue kind the summary shows
@@ -42,7 +42,9 @@ def _user_features(path: Path, n_train: int, n_test: int):
 
 
 def _model_features(run: RunDir, ds, labels, spec, *, seed: int, epochs: int | None, device: str, progress):
-    settings = fit_settings("train", ds.input_shape, source=spec.source, epochs=epochs, seed=seed)
+    # one more fold, on every row: crossval's network and epochs (plain cross-entropy); the train recipe's long
+    # ResNet-18 runs on colour images would cost more than the audit is worth
+    settings = fit_settings("crossval", ds.input_shape, source=spec.source, cls=FitSettings, epochs=epochs, seed=seed)
     result = train_embedding(ds.X_train, labels, settings=settings, device=device,
                              resume_dir=run.path("audit", "resume"), progress=progress)
     net = result.nets[0]
@@ -65,7 +67,7 @@ def run_audit_stage(run: RunDir, *, features: Path | None = None, settings: Audi
     settings : AuditSettings, optional
         k and the thresholds (Datalab's defaults).
     seed, epochs : int
-        The encoder's seed and epochs (default the train recipe's).
+        The encoder's seed and epochs (default crossval's recipe).
     """
     settings = settings or AuditSettings(seed=seed)
     if epochs is not None and epochs < 1:
