@@ -177,7 +177,7 @@ def run_cli(*args: str) -> float:
     return time.perf_counter() - t
 
 
-def quality_part(datasets: list[str], out: Path, seed: int, crossval: bool) -> str:
+def quality_part(datasets: list[str], out: Path, seed: int, crossval: bool, features_from: Path | None = None) -> str:
     import pandas as pd
 
     lines = ["| data | issue | injected | cleanpipe flagged | P | R | F1 | Datalab flagged | P | R | F1 |",
@@ -191,7 +191,12 @@ def quality_part(datasets: list[str], out: Path, seed: int, crossval: bool) -> s
         cv = run_cli("crossval", str(run), "--dataset", "npz", "--data", str(d / "data.npz")) if crossval else None
         if not crossval:  # bind the data without crossval's folds (the audit needs the data only)
             run_cli("crossval", str(run), "--dataset", "npz", "--data", str(d / "data.npz"), "--fold", "0", "--epochs", "1")
-        au = run_cli("audit", str(run))
+        if features_from is not None:  # an earlier run's encoder features (the same seeded encoder: its training skipped)
+            saved = out / "saved_features.npy"
+            saved.write_bytes((features_from / name / "run" / "audit" / "features.npy").read_bytes())
+            au = run_cli("audit", str(run), "--features", str(saved))
+        else:
+            au = run_cli("audit", str(run))
         table = pd.read_csv(run / "audit" / "issues.csv", dtype={"id": str, "other_id": str}, keep_default_na=False)
         feats = np.load(run / "audit" / "features.npy")
         n, m = len(truth["kind"]), len(truth["leak"])
@@ -309,6 +314,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_audit")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-crossval", dest="crossval", action="store_false", help="bind the data with one 1-epoch fold instead")
+    ap.add_argument("--features-from", type=Path, default=None,
+                    help="reuse the encoder features of an earlier --out (same data and seed): skips the encoder's training")
     ap.add_argument("--sizes", nargs="+", type=int, default=[10_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per tool and size")
@@ -316,7 +323,7 @@ def main() -> None:
     args = ap.parse_args()
     sections = []
     if "quality" in args.parts:
-        sections.append(quality_part(args.datasets, args.out, args.seed, args.crossval))
+        sections.append(quality_part(args.datasets, args.out, args.seed, args.crossval, args.features_from))
         print(sections[-1], flush=True)
     if "scale" in args.parts:
         sections.append(scale_part(args.sizes, args.dim, args.timeout, args.tools))

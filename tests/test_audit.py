@@ -128,7 +128,7 @@ def test_images_near_copies_found_by_pixels_among_feature_candidates():
     d = load_digits()
     imgs = np.pad((d.images * 16).clip(0, 255).astype(np.uint8)[:, None], ((0, 0), (0, 0), (2, 2), (2, 2)))
     src = rng.choice(len(imgs), 15, replace=False)
-    X = np.concatenate([imgs, np.stack([shifted_noisy(imgs[i], rng, sd=2) for i in src])])
+    X = np.concatenate([imgs, np.stack([shifted_noisy(imgs[i], rng, sd=0.6) for i in src])])  # 8x8 digits: little room for noise
     labels = np.concatenate([d.target, d.target[src]])
     # features as a shift-robust encoder gives them: a copy lies near its original, but no nearer than natural
     # neighbours do (the originals' pixels, each copy's displaced by about the median neighbour distance)

@@ -201,7 +201,7 @@ def run_review_stage(run: RunDir, *, also: int = 0) -> ReviewStage:
         raise CleanpipeError(f"--also must be at least 0, got {also}")
     with run.transaction():
         if not run.has("prune") and not run.has("audit"):
-            run.require("prune", hint=f"cleanpipe prune {run.root} (or cleanpipe audit {run.root})")
+            run.require("prune", hint=f"cleanpipe prune {run.root}` or `cleanpipe audit {run.root}")
         if run.dataset_json() is None:
             raise CleanpipeError(f"{run.root}: review needs a run with its own dataset (made by crossval or run), "
                                  "not a prune of loose files")
