@@ -1,7 +1,7 @@
 """Duplicates, near duplicates, outliers and test leaks from one feature space and the rows' digests.
 
-On features alone (tables, ``--features``) the rules are Datalab's (cleanlab 2.9), so that the two compare row by
-row on the same graph:
+On features alone (tables, or no ``images`` passed) the rules are Datalab's (cleanlab 2.9), so that the two compare
+row by row on the same graph:
 
 - near duplicate: a neighbour closer than ``near_threshold`` times the median nearest-neighbour distance (the
   sets made symmetric); exact copies come from the digests instead and the median leaves them out, so that a
