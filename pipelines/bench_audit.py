@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanpipe.metrics import detection_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist-test"
 KINDS = ("exact_duplicate", "near_duplicate", "outlier", "test_leak")
@@ -118,10 +120,7 @@ def inject(X, y, X_test, y_test, n_classes: int, seed: int = 0):
 
 
 def scores(flagged: np.ndarray, positive: np.ndarray) -> dict:
-    tp = int((flagged & positive).sum())
-    p = tp / max(1, int(flagged.sum()))
-    r = tp / max(1, int(positive.sum()))
-    return {"flagged": int(flagged.sum()), "precision": p, "recall": r, "f1": 2 * p * r / max(1e-12, p + r)}
+    return {"flagged": int(flagged.sum()), **detection_metrics(flagged, positive)}
 
 
 def cleanpipe_flags(table, n_train: int, n_test: int) -> dict:

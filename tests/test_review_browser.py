@@ -31,6 +31,19 @@ def _decisions(browser, ids) -> dict:
     return {i: _card(browser, i).get_attribute("data-decision") for i in ids}
 
 
+def _export(browser) -> Path:
+    """Press Export and wait for the download: the path of ``corrections.csv``."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "export").click()
+    download = browser.download_dir / "corrections.csv"
+    deadline = time.time() + 15
+    while not download.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    assert download.is_file(), list(browser.download_dir.iterdir())
+    return download
+
+
 def test_decide_by_clicks_and_keys_reload_export_and_apply(noisy_digits_run, tmp_path, cli, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -78,12 +91,7 @@ def test_decide_by_clicks_and_keys_reload_export_and_apply(noisy_digits_run, tmp
     ids = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
     assert shown[2] in ids and all(int(report.set_index("id").loc[i, "given_label"]) == given for i in ids)
 
-    browser.find_element(By.ID, "export").click()
-    download = browser.download_dir / "corrections.csv"
-    deadline = time.time() + 15
-    while not download.is_file() and time.time() < deadline:
-        time.sleep(0.1)
-    assert download.is_file(), list(browser.download_dir.iterdir())
+    download = _export(browser)
     exported = pd.read_csv(download, dtype=str, keep_default_na=False)
     assert list(exported.columns) == ["id", "decision", "label"]
     assert dict(zip(exported["id"], exported["decision"])) == want
@@ -161,11 +169,7 @@ def test_awkward_ids_and_class_names_survive_the_page_and_the_export_and_undo_ta
     Select(browser.find_element(By.ID, "f-decision")).select_by_value("")
     assert browser.find_element(By.CSS_SELECTOR, '.card[data-index="2"]').get_attribute("data-decision") == "exclude"
 
-    browser.find_element(By.ID, "export").click()
-    download = browser.download_dir / "corrections.csv"
-    deadline = time.time() + 15
-    while not download.is_file() and time.time() < deadline:
-        time.sleep(0.1)
+    download = _export(browser)
     exported = pd.read_csv(download, dtype=str, keep_default_na=False)
     assert exported.values.tolist() == [[ids[0], "relabel", classes[1]], [ids[1], "exclude", ""], [ids[2], "exclude", ""]]
     fixes = read_corrections(download, ids, np.array([k % 4 for k in range(len(ids))]), classes)
@@ -221,11 +225,7 @@ def test_audit_cards_decide_reload_export_and_apply(tmp_path, cli, browser):
     shown = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
     assert leak in shown and conflict not in shown
 
-    browser.find_element(By.ID, "export").click()
-    download = browser.download_dir / "corrections.csv"
-    deadline = time.time() + 15
-    while not download.is_file() and time.time() < deadline:
-        time.sleep(0.1)
+    download = _export(browser)
     exported = pd.read_csv(download, dtype=str, keep_default_na=False)
     assert dict(zip(exported["id"], exported["decision"])) == want
     code, out, err = cli("apply", run, download, "--out", tmp_path / "fixed.csv")

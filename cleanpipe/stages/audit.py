@@ -79,7 +79,7 @@ def run_audit_stage(run: RunDir, *, features: Path | None = None, settings: Audi
             raise CleanpipeError(f"{run.root} has no dataset; start with `cleanpipe crossval {run.root} --dataset ...` "
                                  "(or `cleanpipe noise`)")
         spec, ds, _ = run.bind_dataset(None)
-        labels, truth, files = run.training_labels(ds)
+        labels, _, files = run.training_labels(ds)
         n_train, n_test = len(ds.y_train), len(ds.y_test)
         if n_train < 3:
             raise CleanpipeError(f"{run.root}: {n_train} training rows; the audit needs at least 3")

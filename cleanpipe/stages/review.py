@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanpipe.audit.neighbours import normalised
 from cleanpipe.errors import CleanpipeError
 from cleanpipe.files import load_npy
 from cleanpipe.rundir import RunDir
@@ -127,7 +128,7 @@ def _thumbs(spec, ds, rows: np.ndarray, split: str = "train") -> list[str] | Non
 
 def _in_class_neighbours(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, n: int = NEIGHBOURS_SHOWN) -> list[np.ndarray]:
     """For each row, the ``n`` training rows of its given class nearest to it in the audit's feature space."""
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    unit = normalised(features)
     out = []
     for r in rows:
         same = np.flatnonzero(labels == labels[r])
