@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # DivideMix on CIFAR-10 at the paper's schedule (Li et al., ICLR 2020), for a user with CIFAR-10 on disk
 # (cifar-10-batches-py) and a GPU: two PreAct ResNet-18s, 300 epochs, a warm-up of 10 (DivideMix's
-# --warmup-share 10/300), the appendix's lambda_u per noise (0 at 20% symmetric and 40% asymmetric,
-# 25 at 50% and 80%, 50 with p_threshold 0.6 and a 5-epoch loss window at 90%), and ELR beside it.
+# --warmup-share 10/300; cleanpipe ramps the learning rate over it, the reference starts at its full
+# rate), the appendix's lambda_u per noise (0 at 20% symmetric and 40% asymmetric, 25 at 50% and 80%,
+# 50 with p_threshold 0.6 and a 5-epoch loss window at 90%), and ELR beside it.
 #
 #   bash pipelines/dividemix_cifar10.sh CIFAR10_DIR [RUNS_DIR]
 #

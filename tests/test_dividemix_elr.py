@@ -77,6 +77,10 @@ def test_each_trains_on_arrays_without_a_run_directory(digits, tmp_path, monkeyp
         assert clean.shape == (len(noisy),) and np.all((clean >= 0) & (clean <= 1))
         # the final division ranks the 40% wrong labels first: far above the 0.4 that chance gives
         assert result.metrics["clean_probability_ap"] > 0.8 and result.metrics["final_loss_ap"] > 0.8
+        # the learning rate ramps up over the warm-up (1 of 4 epochs here) and only over it, then decays
+        lrs = [h["lr"] for h in result.history]
+        assert lrs[0] == pytest.approx(result.method_settings["dividemix_lr"], rel=0.01)
+        assert lrs == sorted(lrs, reverse=True) and lrs[1] < lrs[0]
     else:
         assert last["elr_flagged"] > 0 and last["elr_flagged_precision"] > 0.5
         assert result.per_example["target_label"].shape == (len(noisy),)
