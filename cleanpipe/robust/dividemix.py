@@ -432,10 +432,8 @@ class DivideMixTraining(TrainingMethod):
                          initial_clean=None if options.division == "gmm" else options.initial_clean,
                          seed=job.settings.seed, is_clean=job.is_clean)
         state = {"key_arrays": () if options.initial_clean is None else (np.asarray(options.initial_clean, np.float32),)}
-        # The learning rate ramps up over the warm-up and no further, then the engine's schedule decays it.
-        # Measured on MNIST-10k, 20 epochs: a 2-epoch warm-up at the full rate learnt part of pair-flip 45% noise
-        # (82.5%); 2 epochs inside the engine's 4-epoch ramp left symmetric 80%, seed 1, near chance (30.95%);
-        # 4 epochs ramped serve both (95.2% and 96.9% at those seeds; docs/benchmarks.md).
+        # The learning rate ramps up over the warm-up and no further, then the engine's schedule decays it
+        # (why: DivideMixOptions' ``warmup``; docs/benchmarks.md, "The warm-up: how it was chosen").
         config = {"batch_size": 2 * BATCH, "warmup": warmup / epochs, **({} if lr is None else {"lr": lr})}
         return Plan(rows=job.rows, step=step, method_settings=used, config=config, state=state)
 
