@@ -59,7 +59,7 @@ def spec_of(name: str, data: Path, root: Path, colour_train: int):
         X, y, _ = colour_digits(ds.X_train, ds.y_train, colour_train, seed=0)
         Xt, yt, _ = colour_digits(ds.X_test, ds.y_test, colour_train // 4, seed=1)
         root.mkdir(parents=True, exist_ok=True)
-        np.savez(path, X_train=X, y_train=y, X_test=Xt, y_test=yt)
+        np.savez(path, X=X, y=y, X_test=Xt, y_test=yt)
     return DataSpec("npz", path=str(path.resolve()))
 
 

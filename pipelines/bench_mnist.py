@@ -2,13 +2,17 @@
 
     python pipelines/bench_mnist.py [--data ../shared/data/mnist-test] [--seed 0] [--epochs E]
     python pipelines/bench_mnist.py --quick          # the same on scikit-learn's digits, in minutes
+    python pipelines/bench_mnist.py --colour 8000 --train-args "--model small_cnn --batch-size 256 --lr 0.1" ...
 
 MNIST-10k: 8,000 training images (noised) and 2,000 clean test images, the train stage's small CNN.
 For each condition it runs, through the CLI: noise -> crossval -> prune (confident learning) -> the
 CL-based trainings, then prune --method incv -> INCV Co-teaching, L2R and IEG with 10 trusted images
 per class (the true labels of 100 training images, held out of their training), and standard training on
 the true labels (the ceiling); DivideMix (plain, and with its first division from prune's label quality) and ELR on all
-rows. ``--rows L2R IEG`` runs only the rows whose names start so. Prints a Markdown table (rows: methods,
+rows. ``--rows L2R IEG`` runs only the rows whose names start so. ``--colour N`` replaces the grey digits by
+colour digits (MNIST-10k's digits drawn in colour on textured 32x32 backgrounds, N training and N / 4 test
+images: ``pipelines/bench_detection.py``'s task, through ``--dataset npz``); ``--train-args``,
+``--crossval-args`` and ``--incv-args`` pass more options to every train, crossval and INCV prune call. Prints a Markdown table (rows: methods,
 columns: conditions, then the mean seconds per training epoch and its ratio to standard training's) and the wall time.
 """
 
@@ -60,9 +64,15 @@ def main() -> None:
     ap.add_argument("--conditions", nargs="+", default=CONDITIONS, help="KIND:RATE[:SPARSITY]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crossval-args", default="", help='more crossval options, e.g. "--executor ray --cpus-per-fold 1"')
+    ap.add_argument("--colour", type=int, default=None, metavar="N",
+                    help="colour digits (N training, N / 4 test images) instead of MNIST-10k")
+    ap.add_argument("--train-args", default="", help='more train options for every row, e.g. "--model small_cnn"')
+    ap.add_argument("--incv-args", default="", help='more options of prune --method incv, e.g. "--model small_cnn"')
     ap.add_argument("--epochs", type=int, default=None, help="train epochs (default: the train stage's)")
     ap.add_argument("--rows", nargs="+", default=None, help="only the methods whose name starts with one of these")
     args = ap.parse_args()
+    if args.quick and args.colour:
+        ap.error("--quick and --colour pick different data sets: give one")
     exe = [sys.executable, "-m", "cleanpipe"]
     data = ["--dataset", "digits"] if args.quick else ["--dataset", "mnist", "--data", str(args.data.resolve())]
     seed = ["--seed", str(args.seed)]
@@ -78,6 +88,11 @@ def main() -> None:
     per_epoch: dict[str, list[float]] = {name: [] for name, _ in rows}  # seconds per epoch, every condition
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.colour:
+            # this script's directory is on the path
+            from bench_detection import spec_of
+
+            data = ["--dataset", "npz", "--data", spec_of("colour", args.data, Path(tmp), args.colour).path]
         for cond in args.conditions:
             kind, rate, *rest = cond.split(":")
             run = Path(tmp) / cond.replace(":", "_")
@@ -87,9 +102,9 @@ def main() -> None:
                 cli("prune", run, "--top", 0)
             for name, opts in rows:
                 if opts is None:
-                    cli("prune", run, "--method", "incv", "--top", 0, *seed)
+                    cli("prune", run, "--method", "incv", "--top", 0, *seed, *args.incv_args.split())
                     opts = ["--method", "incv-coteaching"]
-                cli("train", run, *opts, *epochs, *seed)
+                cli("train", run, *opts, *epochs, *seed, *args.train_args.split())
                 m = json.loads((run / "train" / "manifest.json").read_text())["metrics"]
                 table[name][cond] = m["test_accuracy"]
                 history = (run / "train" / "history.csv").read_text().splitlines()
@@ -97,7 +112,8 @@ def main() -> None:
                 per_epoch[name] += [float(line.split(",")[col]) for line in history[1:]]
                 print(f"{cond:>16}  {name:<34} {m['test_accuracy']:.4f}", file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60
-    title = "digits (1,437 train / 360 test)" if args.quick else "MNIST-10k (8,000 train / 2,000 test)"
+    title = ("digits (1,437 train / 360 test)" if args.quick else "MNIST-10k (8,000 train / 2,000 test)"
+             if not args.colour else f"colour digits ({args.colour:,} train / {args.colour // 4:,} test)")
     command = shlex.join(["python", "pipelines/bench_mnist.py", *sys.argv[1:]])
     print(f"`{command}`: {title}, test accuracy in %, seed {args.seed}; {minutes:.1f} min on this machine\n")
     heads = [c.replace(":", " ").replace("random 0.4 0.2", "random 0.4 (sparsity 0.2)") for c in args.conditions]

@@ -421,6 +421,7 @@ def test_npz_features_with_test_split_and_names(tmp_path):
 @pytest.mark.parametrize("arrays,match", [
     ({"X": np.array([{"a": 1}] * 4, dtype=object), "y": np.arange(4)}, "pickled"),
     ({"X": np.zeros((4, 2))}, "no array 'y'"),
+    ({"X_train": np.zeros((4, 2)), "y_train": np.arange(4) % 2}, r"holds X_train, y_train\); save the training arrays as X and y"),
     ({"X": np.zeros((4, 2)), "y": np.array([0.5, 1, 0, 1])}, "integer vector"),
     ({"X": np.zeros((4, 2)), "y": np.array([0, -1, 0, 1])}, "negative"),
     ({"X": np.zeros((4, 2, 2)), "y": np.arange(4) % 2}, "uint8 images"),

@@ -36,10 +36,11 @@ def load(spec) -> Dataset:
         X uint8 (N, C, H, W) or float32 (N, D); labels int64 (N,).
     """
     path = Path(spec.path)
-    arrays = _read(path)
+    arrays, names = _read(path)
     for key in ("X", "y"):
         if key not in arrays:
-            raise CleanpipeError(f"{path}: no array {key!r}; the archive holds {', '.join(arrays) or 'nothing'}")
+            raise CleanpipeError(f"{path}: no array {key!r} (the archive holds {', '.join(names) or 'nothing'}); "
+                                 "save the training arrays as X and y, e.g. np.savez(path, X=..., y=...)")
     if ("X_test" in arrays) != ("y_test" in arrays):
         raise CleanpipeError(f"{path}: has {'X_test' if 'X_test' in arrays else 'y_test'} without its partner; give both or neither")
     X, y = _pair(arrays, "X", "y", path)
@@ -59,7 +60,8 @@ def load(spec) -> Dataset:
     return Dataset(Xtr, ytr, Xte, yte, idtr, idte, names, "npz", {"split": split})
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
+def _read(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The archive's arrays that cleanpipe reads, by name, and the names of all its arrays."""
     if path.is_dir():
         raise ParameterError("data", f"{{name}} {path}: the npz source reads a .npz file, not a directory")
     # np.load takes any non-zip, non-.npy file for a pickle; say what it really is instead.
@@ -67,7 +69,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise CleanpipeError(f"{path}: not an .npz archive; write one with np.savez(path, X=..., y=...)")
     try:
         with np.load(path) as z:  # allow_pickle defaults to False: object arrays raise ValueError
-            return {k: z[k] for k in KEYS if k in z.files}
+            return {k: z[k] for k in KEYS if k in z.files}, list(z.files)
     except ValueError as e:
         if "pickle" in str(e):
             raise CleanpipeError(
