@@ -155,3 +155,20 @@ def test_co_teaching_and_ieg_train_the_airbench_net(tiny_colour, method):
     fresh = build_model("airbench", X.shape[1:], 10)
     for net in result.nets:  # every network whitened from the training images (Co-teaching's two included)
         assert isinstance(net, AirbenchNet) and not torch.equal(net.whiten.weight, fresh.whiten.weight)
+
+
+def test_benchmarks_colour_archive_loads_through_the_npz_source(mnist_dir, tmp_path):
+    """pipelines/bench_detection.py's colour digits (which bench_mnist.py --colour reads) are an archive the
+    npz source accepts: 40 training and 10 test images, 3x32x32, labels kept."""
+    import importlib.util
+    from pathlib import Path
+
+    from cleanpipe.data import load_dataset
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "bench_detection.py"
+    spec = importlib.util.spec_from_file_location("bench_detection", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ds = load_dataset(bench.spec_of("colour", mnist_dir, tmp_path, 40))
+    assert ds.X_train.shape == (40, 3, 32, 32) and ds.X_test.shape == (10, 3, 32, 32)
+    assert ds.X_train.dtype == np.uint8 and set(ds.y_train) <= set(range(10)) and len(set(ds.y_train)) > 3
