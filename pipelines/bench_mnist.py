@@ -65,12 +65,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crossval-args", default="", help='more crossval options, e.g. "--executor ray --cpus-per-fold 1"')
     ap.add_argument("--colour", type=int, default=None, metavar="N",
-                    help="colour digits (N training, N / 4 test images) instead of MNIST-10k")
+                    help="colour digits (N training, N / 4 test images; beyond 8,000 / 2,000 digits are reused "
+                    "in new colours) instead of MNIST-10k")
     ap.add_argument("--train-args", default="", help='more train options for every row, e.g. "--model small_cnn"')
     ap.add_argument("--incv-args", default="", help='more options of prune --method incv, e.g. "--model small_cnn"')
     ap.add_argument("--epochs", type=int, default=None, help="train epochs (default: the train stage's)")
     ap.add_argument("--rows", nargs="+", default=None, help="only the methods whose name starts with one of these")
     args = ap.parse_args()
+    if args.colour is not None and args.colour < 4:
+        ap.error("--colour N needs N >= 4 (N training and N / 4 test images)")
     if args.quick and args.colour:
         ap.error("--quick and --colour pick different data sets: give one")
     exe = [sys.executable, "-m", "cleanpipe"]

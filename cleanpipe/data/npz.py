@@ -36,10 +36,10 @@ def load(spec) -> Dataset:
         X uint8 (N, C, H, W) or float32 (N, D); labels int64 (N,).
     """
     path = Path(spec.path)
-    arrays, names = _read(path)
+    arrays, stored = _read(path)
     for key in ("X", "y"):
         if key not in arrays:
-            raise CleanpipeError(f"{path}: no array {key!r} (the archive holds {', '.join(names) or 'nothing'}); "
+            raise CleanpipeError(f"{path}: no array {key!r} (the archive holds {', '.join(stored) or 'nothing'}); "
                                  "save the training arrays as X and y, e.g. np.savez(path, X=..., y=...)")
     if ("X_test" in arrays) != ("y_test" in arrays):
         raise CleanpipeError(f"{path}: has {'X_test' if 'X_test' in arrays else 'y_test'} without its partner; give both or neither")

@@ -343,8 +343,8 @@ class DivideMixOptions:
     alpha : float, optional
         Mixup's Beta(alpha, alpha); None: per kind of data (``cleanpipe.recipes``: the paper's 4; 0.5 on
         digits and 28x28 grey images, where 20-30 epochs learn too slowly under alpha 4). Short runs on
-        colour images want 0.5 as well (colour digits, 20 epochs: 3.5-3.7 points above alpha 4); the colour
-        recipe keeps 4 for its own 100-epoch schedule, which is not measured.
+        colour images want 0.5 as well (colour digits, 20 epochs, symmetric 50%: 3.15-3.7 points above alpha
+        4, plain and CL-seeded); the colour recipe keeps 4 for its own 100-epoch schedule, not measured.
     dividemix_lr : float, optional
         Peak learning rate; None: per kind of data (the reference's 0.02 with SGD; the recipes' train rates,
         tuned for batches of plain cross-entropy, made both networks collapse to one class on digits at 40%
@@ -364,7 +364,7 @@ class DivideMixOptions:
     p_threshold: float = field(default=0.5, metadata=cli_option("DivideMix: clean probability above which an example is labeled (0.6 at 90% noise)."))
     warmup: float = field(default=0.2, metadata=cli_option("DivideMix: share of the epochs of plain cross-entropy before the first division; the learning rate ramps up over it.", flag="--warmup-share"))
     temperature: float = field(default=0.5, metadata=cli_option("DivideMix: sharpening temperature T.", flag="--dividemix-temperature"))
-    alpha: float | None = field(default=None, metadata=cli_option("DivideMix: mixup's Beta(alpha, alpha) (default: per kind of data: the paper's 4; 0.5 on digits and 28x28 grey images, and better on colour images in runs of 20-30 epochs).", flag="--dividemix-alpha"))
+    alpha: float | None = field(default=None, metadata=cli_option("DivideMix: mixup's Beta(alpha, alpha) (default: per kind of data: the paper's 4; 0.5 on digits and 28x28 grey images, and on colour digits in 20-epoch runs at symmetric 50%).", flag="--dividemix-alpha"))
     dividemix_lr: float | None = field(default=None, metadata=cli_option("DivideMix: peak learning rate of both networks; it replaces --lr (default: per kind of data, the reference's 0.02 with SGD).", flag="--dividemix-lr"))
     confidence_penalty: bool = field(default=False, metadata=cli_option(
         "DivideMix: negative-entropy penalty in the warm-up (asymmetric noise).", flag="--confidence-penalty/--no-confidence-penalty"))
