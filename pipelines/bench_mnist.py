@@ -12,8 +12,8 @@ the true labels (the ceiling); DivideMix (plain, and with its first division fro
 rows. ``--rows L2R IEG`` runs only the rows whose names start so. ``--colour N`` replaces the grey digits by
 colour digits (MNIST-10k's digits drawn in colour on textured 32x32 backgrounds, N training and N / 4 test
 images: ``pipelines/bench_detection.py``'s task, through ``--dataset npz``); ``--train-args``,
-``--crossval-args`` and ``--incv-args`` pass more options to every train, crossval and INCV prune call. Prints a Markdown table (rows: methods,
-columns: conditions, then the mean seconds per training epoch and its ratio to standard training's) and the wall time.
+``--crossval-args`` and ``--incv-args`` pass more options to every train, crossval and INCV prune call.
+Prints a Markdown table (rows: methods, columns: conditions, then the mean seconds per training epoch and its ratio to standard training's) and the wall time.
 """
 
 from __future__ import annotations
@@ -57,6 +57,18 @@ def _needs_prune(opts) -> bool:
     return method.prune_needed(method.Options(**given), opts[opts.index("--subset") + 1]) is not None
 
 
+def dataset(args, tmp: Path) -> tuple[list[str], str]:
+    """The noise stage's dataset options for ``args`` and the table's title (colour digits are written to ``tmp``)."""
+    if args.quick:
+        return ["--dataset", "digits"], "digits (1,437 train / 360 test)"
+    if args.colour:
+        from bench_detection import spec_of  # this script's directory is on the path
+
+        path = spec_of("colour", args.data, tmp, args.colour).path
+        return ["--dataset", "npz", "--data", path], f"colour digits ({args.colour:,} train / {args.colour // 4:,} test)"
+    return ["--dataset", "mnist", "--data", str(args.data.resolve())], "MNIST-10k (8,000 train / 2,000 test)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist-test")
@@ -77,7 +89,6 @@ def main() -> None:
     if args.quick and args.colour:
         ap.error("--quick and --colour pick different data sets: give one")
     exe = [sys.executable, "-m", "cleanpipe"]
-    data = ["--dataset", "digits"] if args.quick else ["--dataset", "mnist", "--data", str(args.data.resolve())]
     seed = ["--seed", str(args.seed)]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
 
@@ -91,11 +102,7 @@ def main() -> None:
     per_epoch: dict[str, list[float]] = {name: [] for name, _ in rows}  # seconds per epoch, every condition
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.colour:
-            # this script's directory is on the path
-            from bench_detection import spec_of
-
-            data = ["--dataset", "npz", "--data", spec_of("colour", args.data, Path(tmp), args.colour).path]
+        data, title = dataset(args, Path(tmp))
         for cond in args.conditions:
             kind, rate, *rest = cond.split(":")
             run = Path(tmp) / cond.replace(":", "_")
@@ -115,8 +122,6 @@ def main() -> None:
                 per_epoch[name] += [float(line.split(",")[col]) for line in history[1:]]
                 print(f"{cond:>16}  {name:<34} {m['test_accuracy']:.4f}", file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60
-    title = ("digits (1,437 train / 360 test)" if args.quick else "MNIST-10k (8,000 train / 2,000 test)"
-             if not args.colour else f"colour digits ({args.colour:,} train / {args.colour // 4:,} test)")
     command = shlex.join(["python", "pipelines/bench_mnist.py", *sys.argv[1:]])
     print(f"`{command}`: {title}, test accuracy in %, seed {args.seed}; {minutes:.1f} min on this machine\n")
     heads = [c.replace(":", " ").replace("random 0.4 0.2", "random 0.4 (sparsity 0.2)") for c in args.conditions]

@@ -343,8 +343,8 @@ class DivideMixOptions:
     alpha : float, optional
         Mixup's Beta(alpha, alpha); None: per kind of data (``cleanpipe.recipes``: the paper's 4; 0.5 on
         digits and 28x28 grey images, where 20-30 epochs learn too slowly under alpha 4). Short runs on
-        colour images want 0.5 as well (colour digits, 20 epochs, symmetric 50%: 3.15-3.7 points above alpha
-        4, plain and CL-seeded); the colour recipe keeps 4 for its own 100-epoch schedule, not measured.
+        colour images want 0.5 as well; the colour recipe keeps 4 for its 100-epoch schedule (the
+        measurements: ``cleanpipe.recipes``).
     dividemix_lr : float, optional
         Peak learning rate; None: per kind of data (the reference's 0.02 with SGD; the recipes' train rates,
         tuned for batches of plain cross-entropy, made both networks collapse to one class on digits at 40%
